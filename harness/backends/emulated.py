@@ -1,0 +1,152 @@
+"""Pure-PyTorch backends that emulate a kernel's contract (run on the CPU or any GPU).
+
+They take weights in the kernel's own layout (built in ``prepare``) and decode them the way the
+hardware path does, so a preprocessing fault shows up exactly as it would on the real kernel.
+They are the harness's CPU stand-ins and the base the fault zoo mutates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.backends import Backend, Requirements
+from harness.backends.common import finish_layer, mx_weights_for_kernel, pad_tokens_hidden
+from harness.cases import CaseData
+from references.activations import SwigluParams
+from references.layouts import (convert_gate_up, sm90_deinterleave_fp4_weights, sm90_deinterleave_scales,
+                                sm90_interleave_fp4_weights, sm90_interleave_scales)
+from references.moe import dequantize_weight, moe_forward, naive_moe_forward
+
+
+class NaiveReference(Backend):
+    """The kernel libraries' own test reference: dequantize every expert, loop with masks."""
+
+    name = "torch-naive"
+    description = "naive per-expert loop over all experts, every expert dequantized up front (vLLM torch_moe style)"
+    requirements = Requirements(devices=("any",))
+    verified = "cpu"
+    kernel = "references.moe.naive_moe_forward"
+
+    def prepare(self, data: CaseData, device: str):
+        w = data.weights
+        w1 = dequantize_weight(w.fmt, w.w1, w.w1_scale, w.w1_global_scale, name="w1")
+        w2 = dequantize_weight(w.fmt, w.w2, w.w2_scale, w.w2_global_scale, name="w2")
+        return w1, w2
+
+    def run(self, prepared, data: CaseData) -> torch.Tensor:
+        w1, w2 = prepared
+        c, w = data.case, data.weights
+        routed = naive_moe_forward(data.x, data.topk_ids, data.topk_weights, w1, w2, b1=w.b1, b2=w.b2,
+                                   gate_up_order=w.order, activation=c.swiglu, intermediate_dtype=c.torch_dtype)
+        return finish_layer(routed, data).to(c.torch_dtype)
+
+
+@dataclass
+class Sm90W4A16Buffers:
+    """Exactly what FlashInfer's SM90 cutlass W4A16 MoE receives."""
+
+    x: torch.Tensor          # [T, Hp] bf16
+    w1: torch.Tensor         # [E, 2Ip, Hp/2] uint8, rows [up; gate], SM90 byte-interleaved
+    s1: torch.Tensor         # [E, Hp/128, 2Ip*4] uint8 E8M0, SM90 scale-interleaved
+    w2: torch.Tensor         # [E, Hp, Ip/2]
+    s2: torch.Tensor         # [E, Ip/128, Hp*4]
+    b1: torch.Tensor | None  # [E, 2Ip] bf16, [up; gate]
+    b2: torch.Tensor | None  # [E, Hp]
+    alpha: torch.Tensor | None   # [E] fp32
+    beta: torch.Tensor | None
+    limit: torch.Tensor | None
+    hidden: int
+
+
+class EmulatedSm90W4A16(Backend):
+    """CPU emulation of FlashInfer's SM90 cutlass W4A16 MXFP4 MoE contract.
+
+    Contract (shared/notes/sm90-w4a16-probe.md): fc1 rows [up; gate], hidden and intermediate
+    padded to 128, weights through the SM90 byte interleave, scales through the SM90 scale
+    interleave, per-expert alpha/beta/limit fp32 tensors, bf16 intermediate.
+    """
+
+    name = "emulated-sm90-w4a16"
+    description = "CPU emulation of FlashInfer SM90 cutlass W4A16 MXFP4 MoE (kernel-layout weights)"
+    requirements = Requirements(devices=("any",), formats=("mxfp4",), act_quants=(None,))
+    verified = "cpu"
+    kernel = "emulation of flashinfer.fused_moe.cutlass_fused_moe(use_w4_group_scaling=True)"
+
+    # Each step is a method so fault-zoo mutants can override exactly one of them.
+    def interleave_weights(self, w: torch.Tensor) -> torch.Tensor:
+        return sm90_interleave_fp4_weights(w)
+
+    def interleave_scales(self, s: torch.Tensor) -> torch.Tensor:
+        return sm90_interleave_scales(s)
+
+    def fc1_order(self) -> str:
+        return "up_gate"
+
+    def swiglu_tensors(self, data: CaseData, e: int, device):
+        p = data.case.swiglu
+        if p.is_plain:
+            return None, None, None
+        full = lambda v: torch.full((e,), float(v), dtype=torch.float32, device=device)  # noqa: E731
+        return full(p.alpha), full(p.beta), full(float("inf") if p.limit is None else p.limit)
+
+    def prepare(self, data: CaseData, device: str) -> Sm90W4A16Buffers:
+        w1, s1, w2, s2, b1, b2 = mx_weights_for_kernel(data, self.fc1_order(), 128)
+        e = w1.shape[0]
+        alpha, beta, limit = self.swiglu_tensors(data, e, w1.device)
+        return Sm90W4A16Buffers(
+            x=pad_tokens_hidden(data.x), w1=self.interleave_weights(w1.contiguous()),
+            s1=self.interleave_scales(s1.contiguous()), w2=self.interleave_weights(w2.contiguous()),
+            s2=self.interleave_scales(s2.contiguous()), b1=b1, b2=b2, alpha=alpha, beta=beta, limit=limit,
+            hidden=data.case.hidden)
+
+    def run(self, p: Sm90W4A16Buffers, data: CaseData) -> torch.Tensor:
+        # what the kernel's mainloop reads: de-interleaved bytes and scales, [up; gate] rows
+        w1 = sm90_deinterleave_fp4_weights(p.w1)
+        w2 = sm90_deinterleave_fp4_weights(p.w2)
+        s1 = sm90_deinterleave_scales(p.s1)
+        s2 = sm90_deinterleave_scales(p.s2)
+        act = SwigluParams() if p.alpha is None else SwigluParams(
+            float(p.alpha[0]), float(p.beta[0]), None if torch.isinf(p.limit[0]) else float(p.limit[0]))
+        routed = moe_forward(p.x, data.topk_ids, data.topk_weights, w1, w2, fmt="mxfp4", w1_scale=s1, w2_scale=s2,
+                             b1=p.b1, b2=p.b2, gate_up_order="up_gate", activation=act, precision="kernel",
+                             intermediate_dtype=torch.bfloat16)
+        return finish_layer(routed[:, : p.hidden], data).to(data.case.torch_dtype)
+
+
+class EmulatedFp8Block(Backend):
+    """CPU emulation of a DeepGEMM-style FP8 block-scale grouped GEMM MoE (sm90 contract).
+
+    Weights [E, N, K] e4m3 with one scale per 128x128 block, fc1 rows [gate; up]; activations
+    quantized per token per 128 channels; the intermediate re-quantized before fc2.
+    """
+
+    name = "emulated-fp8-block"
+    description = "CPU emulation of an FP8 128x128-block W8A8 MoE (DeepGEMM / vLLM fused_moe block-fp8 contract)"
+    requirements = Requirements(devices=("any",), formats=("fp8_block",),
+                                act_quants=("fp8_group", "fp8_group_ue8m0"), k_multiple=128)
+    verified = "cpu"
+    kernel = "emulation of deep_gemm.m_grouped_fp8_gemm_nt_contiguous + silu_mul_fp8_quant"
+
+    def weight_scales(self, s: torch.Tensor, data: CaseData) -> torch.Tensor:
+        return s
+
+    def activation_quant(self, data: CaseData) -> str:
+        return data.case.act_quant
+
+    def prepare(self, data: CaseData, device: str):
+        w = data.weights
+        w1 = convert_gate_up(w.w1, w.order, "gate_up")
+        s1 = convert_gate_up(w.w1_scale, w.order, "gate_up")
+        b1 = None if w.b1 is None else convert_gate_up(w.b1, w.order, "gate_up", dim=-1)
+        return w1, self.weight_scales(s1, data), w.w2, self.weight_scales(w.w2_scale, data), b1, w.b2
+
+    def run(self, p, data: CaseData) -> torch.Tensor:
+        w1, s1, w2, s2, b1, b2 = p
+        c = data.case
+        routed = moe_forward(data.x, data.topk_ids, data.topk_weights, w1, w2, fmt="fp8_block", w1_scale=s1,
+                             w2_scale=s2, b1=b1, b2=b2, gate_up_order="gate_up", activation=c.swiglu,
+                             precision="kernel", act_quant=self.activation_quant(data),
+                             intermediate_dtype=c.torch_dtype)
+        return finish_layer(routed, data).to(c.torch_dtype)

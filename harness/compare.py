@@ -1,0 +1,153 @@
+"""Metrics on (output, reference) and verdicts against named thresholds.
+
+Mismatch rule (vLLM's sense, made scale-aware): an element mismatches when
+``|out - ref| > atol * rms(ref) + rtol * |ref|`` or when ``out`` is not finite. ``atol`` is in
+units of the reference's RMS so one threshold serves every shape and input scale; with
+``atol_abs=True`` it is absolute, exactly ``not torch.isclose(out, ref, rtol, atol)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from references.formats import float_to_ordered_int
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    name: str = "default"
+    rtol: float = 0.1
+    atol: float = 0.1
+    atol_abs: bool = False
+    max_mismatch: float = 0.01
+    max_rel_l2: float = 0.03
+    min_cosine: float = 0.999
+    bit_exact: bool = False
+
+    def with_overrides(self, **kw) -> "Thresholds":
+        unknown = set(kw) - set(asdict(self))
+        if unknown:
+            raise ValueError(f"unknown threshold field(s) {sorted(unknown)}; known: {sorted(asdict(self))}")
+        return replace(self, **kw)
+
+    def rule(self) -> str:
+        a = f"{self.atol:g}" if self.atol_abs else f"{self.atol:g}*rms(ref)"
+        return f"|out-ref| > {a} + {self.rtol:g}*|ref|"
+
+
+# Named threshold sets. Correct kernels measured against the references (README table) sit well
+# inside these; every fault class in the zoo lands well outside.
+THRESHOLDS: dict[str, Thresholds] = {
+    "default": Thresholds(),
+    "bf16": Thresholds("bf16", rtol=0.05, atol=0.05, max_mismatch=0.01, max_rel_l2=0.02, min_cosine=0.9995),
+    "w4a16": Thresholds("w4a16", rtol=0.1, atol=0.1, max_mismatch=0.01, max_rel_l2=0.03, min_cosine=0.999),
+    "w8a8": Thresholds("w8a8", rtol=0.1, atol=0.1, max_mismatch=0.01, max_rel_l2=0.03, min_cosine=0.999),
+    "w4a4": Thresholds("w4a4", rtol=0.2, atol=0.2, max_mismatch=0.02, max_rel_l2=0.08, min_cosine=0.995),
+    "exact": Thresholds("exact", rtol=0.0, atol=0.0, atol_abs=True, max_mismatch=0.0, max_rel_l2=0.0,
+                        min_cosine=1.0, bit_exact=True),
+}
+
+
+@dataclass
+class Metrics:
+    numel: int
+    mismatch: float
+    rel_l2: float
+    cosine: float
+    max_abs: float
+    max_rel: float
+    snr_db: float
+    nonfinite: int
+    bit_exact: bool
+    max_ulp: int | None = None
+    worst_index: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def compute_metrics(out: torch.Tensor, ref: torch.Tensor, th: Thresholds = THRESHOLDS["default"]) -> Metrics:
+    """All metrics of ``out`` against ``ref`` (shapes must match; computed in fp64 on ``ref``'s device)."""
+    if tuple(out.shape) != tuple(ref.shape):
+        raise ValueError(f"output shape {tuple(out.shape)} != reference shape {tuple(ref.shape)}")
+    bit_exact = out.dtype == ref.dtype and torch.equal(out.contiguous().view(-1).view(torch.uint8),
+                                                       ref.contiguous().view(-1).view(torch.uint8))
+    max_ulp = None
+    if out.dtype == ref.dtype and out.is_floating_point() and out.element_size() in (1, 2, 4):
+        max_ulp = int((float_to_ordered_int(out) - float_to_ordered_int(ref)).abs().max().item()) if out.numel() else 0
+    o = out.to(ref.device).to(torch.float64)
+    r = ref.to(torch.float64)
+    n = r.numel()
+    if n == 0:
+        return Metrics(0, 0.0, 0.0, 1.0, 0.0, 0.0, math.inf, 0, bit_exact, max_ulp)
+    finite = torch.isfinite(o)
+    nonfinite = int((~finite).sum())
+    o_f = torch.where(finite, o, torch.zeros_like(o))
+    diff = (o_f - r).abs()
+    rms = float(r.square().mean().sqrt())
+    atol = th.atol if th.atol_abs else th.atol * rms
+    bad = (diff > atol + th.rtol * r.abs()) | ~finite
+    err2 = float((o_f - r).square().sum())
+    ref2 = float(r.square().sum())
+    out2 = float(o_f.square().sum())
+    rel_l2 = math.sqrt(err2 / ref2) if ref2 > 0 else (0.0 if err2 == 0 else math.inf)
+    cos = float((o_f * r).sum()) / math.sqrt(out2 * ref2) if out2 > 0 and ref2 > 0 else (1.0 if out2 == ref2 else 0.0)
+    snr = 10 * math.log10(ref2 / err2) if err2 > 0 else math.inf
+    denom = r.abs().clamp_min(max(rms, 1e-30) * 1e-3)
+    worst = int(diff.argmax())
+    worst_idx = list(torch.unravel_index(torch.tensor(worst), tuple(r.shape))) if n else []
+    if nonfinite:
+        rel_l2, cos, snr = math.inf, 0.0, -math.inf
+    return Metrics(
+        numel=n, mismatch=float(bad.double().mean()), rel_l2=rel_l2, cosine=cos,
+        max_abs=float(diff.max()), max_rel=float((diff / denom).max()), snr_db=snr,
+        nonfinite=nonfinite, bit_exact=bit_exact, max_ulp=max_ulp,
+        worst_index=[int(i) for i in worst_idx],
+    )
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    failures: list[str]
+
+    @property
+    def message(self) -> str:
+        return "pass" if self.passed else "; ".join(self.failures)
+
+
+def judge(m: Metrics, th: Thresholds) -> Verdict:
+    """Check metrics against thresholds; each failure names the metric, its value and the limit."""
+    f: list[str] = []
+    if th.bit_exact:
+        if not m.bit_exact:
+            f.append(f"not bit-exact (max ULP {m.max_ulp}, mismatch {m.mismatch:.2%})")
+        return Verdict(not f, f)
+    if m.nonfinite:
+        f.append(f"{m.nonfinite} non-finite outputs")
+    if m.mismatch > th.max_mismatch:
+        f.append(f"mismatch {m.mismatch:.2%} > {th.max_mismatch:.2%} ({th.rule()})")
+    if m.rel_l2 > th.max_rel_l2:
+        f.append(f"rel_l2 {m.rel_l2:.4g} > {th.max_rel_l2:g}")
+    if m.cosine < th.min_cosine:
+        f.append(f"cosine {m.cosine:.6f} < {th.min_cosine:g}")
+    return Verdict(not f, f)
+
+
+def compare_bits(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Bit-level comparison of layout/quantization outputs: equal, differing elements, first index."""
+    if out.shape != ref.shape or out.dtype != ref.dtype:
+        return {"bit_exact": False, "differing": None,
+                "reason": f"shape/dtype {tuple(out.shape)}/{out.dtype} vs {tuple(ref.shape)}/{ref.dtype}"}
+    a = out.contiguous().view(torch.uint8) if out.element_size() == 1 else float_to_ordered_int(out)
+    b = ref.to(out.device).contiguous().view(torch.uint8) if ref.element_size() == 1 else float_to_ordered_int(ref.to(out.device))
+    neq = a != b
+    nd = int(neq.sum())
+    first = [int(i) for i in neq.nonzero()[0].tolist()] if nd else None
+    res = {"bit_exact": nd == 0, "differing": nd, "first_diff_index": first}
+    if out.is_floating_point() and out.element_size() > 1:
+        res["max_ulp"] = int((a.to(torch.int64) - b.to(torch.int64)).abs().max()) if a.numel() else 0
+    return res
