@@ -1,0 +1,63 @@
+"""On an sm90 GPU with flashinfer-python: the pure-PyTorch SM90 interleaves in ``references``
+equal FlashInfer's own helpers byte for byte, over many shapes (hypothesis)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.device import device_info
+
+pytestmark = [pytest.mark.gpu, pytest.mark.sm90]
+
+
+def _require_sm90_flashinfer():
+    if not torch.cuda.is_available():
+        pytest.skip("needs an sm90 GPU, found cpu (torch sees no CUDA device)")
+    kind = device_info("cuda")["kind"]
+    if kind != "sm90":
+        pytest.skip(f"needs sm90, found {kind}")
+    pytest.importorskip("flashinfer", reason="flashinfer-python not installed")
+    from harness.backends.flashinfer_build import import_flashinfer
+    return import_flashinfer()
+
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 24).map(lambda r: 16 * r), st.integers(1, 24).map(lambda c: 64 * c))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**31 - 1))
+def test_weight_interleave_matches_flashinfer(shape, seed):
+    fm = _require_sm90_flashinfer()
+    from references.layouts import sm90_deinterleave_fp4_weights, sm90_interleave_fp4_weights
+    e, n, k = shape
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(0, 256, (e, n, k // 2), dtype=torch.uint8, generator=g).cuda()
+    theirs = fm.interleave_moe_weights_for_sm90_mixed_gemm(w, "fp4")
+    ours = sm90_interleave_fp4_weights(w)
+    assert torch.equal(ours, theirs), f"shape {shape}: {(ours != theirs).sum().item()} bytes differ"
+    assert torch.equal(sm90_deinterleave_fp4_weights(theirs), w)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 300), st.integers(1, 12).map(lambda c: 4 * c)),
+       seed=st.integers(0, 2**31 - 1))
+def test_scale_interleave_matches_flashinfer(shape, seed):
+    fm = _require_sm90_flashinfer()
+    from references.layouts import sm90_interleave_scales
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, 255, shape, dtype=torch.uint8, generator=g).cuda()
+    assert torch.equal(sm90_interleave_scales(s), fm.interleave_moe_scales_for_sm90_mixed_gemm(s, group_size=32))
+
+
+def test_inputs_bit_identical_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU, found cpu (torch sees no CUDA device)")
+    from harness.cases import Case, make_inputs
+    c = Case(name="x", tokens=9, hidden=256, intermediate=128, experts=4, topk=2, weight_format="mxfp4",
+             bias=True, activation="gpt_oss")
+    a, b = make_inputs(c, "cpu"), make_inputs(c, "cuda")
+    for name in ("x", "topk_ids", "topk_weights"):
+        assert torch.equal(getattr(a, name), getattr(b, name).cpu())
+    for name in ("w1", "w2", "w1_scale", "w2_scale", "b1", "b2"):
+        assert torch.equal(getattr(a.weights, name), getattr(b.weights, name).cpu())
