@@ -350,20 +350,23 @@ def _quantize_rows(w: torch.Tensor, case: Case):
     raise ValueError(fmt)
 
 
-def make_inputs(case: Case, device: str | torch.device = "cpu") -> CaseData:
-    """Deterministic inputs from ``case.seed`` (generated on the CPU, then moved to ``device``)."""
-    g = torch.Generator().manual_seed(case.seed)
+def _weight_key(case: Case) -> tuple:
+    return (case.seed, case.hidden, case.intermediate, case.experts, case.weight_format, case.scale_mode,
+            case.fp8_scale, case.checkpoint_layout, case.bias, case.shared_expert, case.dtype, case.weight_scale)
+
+
+_WEIGHT_CACHE: dict[tuple, MoEWeights] = {}
+
+
+def make_weights(case: Case) -> MoEWeights:
+    """Canonical weights from the case seed, independent of tokens/top-k/activation, so a grid
+    over those reuses one set (cached in-process, one entry)."""
+    key = _weight_key(case)
+    if key in _WEIGHT_CACHE:
+        return _WEIGHT_CACHE[key]
+    g = torch.Generator().manual_seed(case.seed * 1_000_003 + 17)
     dt = case.torch_dtype
-    T, H, I, E = case.tokens, case.hidden, case.intermediate, case.experts
-    x = (torch.randn(T, H, generator=g) * case.input_scale).to(dt)
-    logits = torch.randn(T, E, generator=g)
-    if case.routing == "softmax":
-        tw, ti = softmax_topk(logits, case.topk, case.renormalize)
-    elif case.routing == "topk_softmax":
-        tw, ti = topk_softmax(logits, case.topk)
-    else:
-        bias = torch.randn(E, generator=g) * 0.1
-        tw, ti = grouped_topk(logits, case.topk, case.n_group, case.topk_group, bias, case.renormalize, 1.0)
+    H, I, E = case.hidden, case.intermediate, case.experts
     s1, s2 = case.weight_scale / math.sqrt(H), case.weight_scale / math.sqrt(I)
     # generate and quantize one expert at a time so model-sized cases stay within memory
     parts1, parts2 = [], []
@@ -372,8 +375,7 @@ def make_inputs(case: Case, device: str | torch.device = "cpu") -> CaseData:
         up = torch.randn(1, I, H, generator=g) * s1
         down = torch.randn(1, H, I, generator=g) * s2
         if case.weight_format == "nvfp4":  # one global scale over the fused gate/up tensor
-            fused = fuse_gate_up(gate, up, case.checkpoint_layout)
-            parts1.append(_quantize_rows(fused, case))
+            parts1.append(_quantize_rows(fuse_gate_up(gate, up, case.checkpoint_layout), case))
         else:
             qg, qu = _quantize_rows(gate, case), _quantize_rows(up, case)
             parts1.append(tuple(None if a is None else fuse_gate_up(a, b, case.checkpoint_layout)
@@ -393,7 +395,25 @@ def make_inputs(case: Case, device: str | torch.device = "cpu") -> CaseData:
         sw2 = (torch.randn(H, I, generator=g) * s2).to(dt)
     w = MoEWeights(case.weight_format, case.checkpoint_layout, cat(parts1, 0), cat(parts2, 0),
                    cat(parts1, 1), cat(parts2, 1), cat(parts1, 2), cat(parts2, 2), b1, b2, sw1, sw2)
-    data = CaseData(case, x, logits, tw, ti, w)
+    _WEIGHT_CACHE.clear()
+    _WEIGHT_CACHE[key] = w
+    return w
+
+
+def make_inputs(case: Case, device: str | torch.device = "cpu") -> CaseData:
+    """Deterministic inputs from ``case.seed`` (generated on the CPU, then moved to ``device``)."""
+    g = torch.Generator().manual_seed(case.seed)
+    T, H, E = case.tokens, case.hidden, case.experts
+    x = (torch.randn(T, H, generator=g) * case.input_scale).to(case.torch_dtype)
+    logits = torch.randn(T, E, generator=g)
+    if case.routing == "softmax":
+        tw, ti = softmax_topk(logits, case.topk, case.renormalize)
+    elif case.routing == "topk_softmax":
+        tw, ti = topk_softmax(logits, case.topk)
+    else:
+        bias = torch.randn(E, generator=g) * 0.1
+        tw, ti = grouped_topk(logits, case.topk, case.n_group, case.topk_group, bias, case.renormalize, 1.0)
+    data = CaseData(case, x, logits, tw, ti, make_weights(case))
     return data.to(device) if str(device) != "cpu" else data
 
 
