@@ -157,6 +157,47 @@ def check(cases_paths, pattern, tags, backend, device):
     sys.exit(0)
 
 
+@main.command("diagnose")
+@_cases_opt
+@click.option("--backend", required=True, help="backend name (zoo mutants too: zoo:<fault>@<backend>)")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--heatmap", type=click.Path(), default=None, help="also write the error-structure PNG here")
+def diagnose_cmd(cases_paths, pattern, tags, backend, device, heatmap):
+    """Run one case on one backend and name the fault that best explains its output."""
+    from harness.diagnose import diagnose
+    from harness.runner import CaseContext
+    try:
+        dev = resolve_device(device)
+        cases = load_cases(cases_paths or [DEFAULT_CASES], pattern, tuple(tags))
+        (b,) = select_backends(backend)
+    except (CaseError, KeyError, RuntimeError) as e:
+        _fail(str(e.args[0] if e.args else e))
+    except ValueError:
+        _fail(f"--backend {backend!r} must match exactly one backend")
+    if len(cases) != 1:
+        _fail(f"--case must select exactly one case, got {len(cases)}: {', '.join(c.name for c in cases[:5])}")
+    info = device_info(dev)
+    why = b.device_gate(info["kind"]) or b.case_gate(cases[0])
+    if why:
+        _fail(f"{b.name} cannot run {cases[0].name} here: {why}", 125)
+    ctx = CaseContext(cases[0], dev)
+    data, ref = ctx.ensure()
+    out = b.run(b.prepare(data, dev), data)
+    d = diagnose(b, ctx, out)
+    t = Table(title=f"{b.name} on {cases[0].name}: {d.status}, mismatch {d.mismatch_vs_ref:.1%} vs reference")
+    for col in ("hypothesis", "mismatch", "rel_l2", "cosine", "explains"):
+        t.add_column(col)
+    for h in d.ranked:
+        t.add_row(h.name, f"{h.mismatch:.2%}", f"{h.rel_l2:.3g}", f"{h.cosine:.4f}", "yes" if h.explains else "")
+    out_console.print(t)
+    if d.skipped:
+        out_console.print("[dim]not tested: " + "; ".join(d.skipped) + "[/]")
+    if heatmap:
+        from harness.heatmap import save_heatmap
+        out_console.print(f"heatmap: {save_heatmap(out, ref, heatmap, f'{b.name} / {cases[0].name}')}")
+    out_console.print(f"[bold]{d.conclusion}[/]  ({d.seconds:.1f} s)")
+
+
 @main.command("list")
 @_cases_opt
 @click.option("--device", default="auto", show_default=True)

@@ -151,3 +151,28 @@ def _check3(t: torch.Tensor, name: str):
     if t.dim() != 3:
         raise ValueError(f"{name}: expected a 3-D [E, rows, cols] tensor, got shape {tuple(t.shape)}")
     return t.shape
+
+
+def aiter_shuffle_weight(w: torch.Tensor, layout: tuple[int, int] = (16, 16)) -> torch.Tensor:
+    """AMD AITER (16, 16) tile shuffle of 1-byte weights ``[..., N, K]``: 16-row by 32-byte tiles,
+    stored tile-major with 16-byte column groups outermost inside a tile.
+
+    Source: AMD AITER ``aiter/ops/shuffle.py`` ``shuffle_weight(x, layout=(16, 16))``.
+    """
+    bn, bk, kk = layout[0], layout[1] * 2, 16 // w.element_size()
+    n, k = w.shape[-2], w.shape[-1]
+    if n % bn or k % bk:
+        raise ValueError(f"aiter_shuffle_weight: [..., {n}, {k}] needs N % {bn} == 0 and K % {bk} == 0")
+    v = w.reshape(-1, n // bn, bn, k // bk, bk // kk, kk).permute(0, 1, 3, 4, 2, 5)
+    return v.reshape(w.shape)
+
+
+def aiter_unshuffle_weight(w: torch.Tensor, layout: tuple[int, int] = (16, 16)) -> torch.Tensor:
+    """Inverse of :func:`aiter_shuffle_weight`.
+
+    Source: inverse of AMD AITER ``shuffle_weight``.
+    """
+    bn, bk, kk = layout[0], layout[1] * 2, 16 // w.element_size()
+    n, k = w.shape[-2], w.shape[-1]
+    v = w.reshape(-1, n // bn, k // bk, bk // kk, bn, kk).permute(0, 1, 4, 2, 3, 5)
+    return v.reshape(w.shape)

@@ -79,6 +79,7 @@ def moe_forward(
     act_quant: str | None = None,
     intermediate_dtype: torch.dtype | None = torch.bfloat16,
     chunk_rows: int = 8192,
+    act_fn=None,
 ) -> torch.Tensor:
     """Routed-expert MoE: ``sum_k w_k * fc2_e(act(fc1_e(x) + b1_e)) + b2_e`` in fp32.
 
@@ -86,6 +87,7 @@ def moe_forward(
     ``gate_up_order``; packed/quantized per ``fmt`` with its scales); ``w2 [E, H, I]``;
     ``b1 [E, 2I]`` (same order), ``b2 [E, H]``. The activation output is rounded to
     ``intermediate_dtype`` (the kernel's dtype) before fc2, and re-quantized if ``act_quant``.
+    ``act_fn(gate, up, activation, precision)`` replaces :func:`swiglu` (for activation variants).
     Source: vLLM ``torch_moe`` test reference / FlashInfer ``cutlass_fused_moe`` docs (per-expert
     GEMM1, activation, GEMM2, weighted sum over top-k).
     """
@@ -125,7 +127,7 @@ def moe_forward(
             gate, up = split_gate_up(h, gate_up_order, dim=-1)
             if precision == "kernel" and intermediate_dtype is not None:
                 gate, up = gate.to(intermediate_dtype), up.to(intermediate_dtype)
-            a = swiglu(gate, up, activation, precision)
+            a = (act_fn or swiglu)(gate, up, activation, precision)
             if intermediate_dtype is not None:
                 a = a.to(intermediate_dtype)
             a = fake_quant_activation(a, act_quant)

@@ -46,6 +46,8 @@ class Backend:
     name: str = "?"
     description: str = ""
     requirements: Requirements = Requirements()
+    family: str | None = None      # contract family: fault-zoo mutants and diagnosis twins key on it
+    hooks: tuple = ()              # the overridable steps this backend honours (fault zoo)
     verified: str = "unverified"   # "cpu" (pure torch, runs anywhere), "h100" (a committed H100 report), "unverified"
     kernel: str = ""               # the library entry point it calls
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from harness.backends import Requirements
-from harness.backends.common import finish_layer
 from harness.backends.emulated import EmulatedSm90W4A16, Sm90W4A16Buffers
 from harness.backends.flashinfer_build import import_flashinfer
 from harness.cases import CaseData
@@ -22,6 +21,8 @@ class FlashInferSm90W4A16(EmulatedSm90W4A16):
     description = "FlashInfer SM90 cutlass W4A16 MXFP4 fused MoE (bf16 x MXFP4, per-expert SwiGLU alpha/beta/limit)"
     requirements = Requirements(devices=("sm90",), packages=FLASHINFER, formats=("mxfp4",), act_quants=(None,))
     verified = "unverified"
+    # the real kernel's activation cannot be swapped: only preprocessing/combine hooks apply
+    hooks = ("interleave_weights", "interleave_scales", "fc1_order", "swiglu_tensors", "transform_mx", "combine")
     kernel = "flashinfer.fused_moe.cutlass_fused_moe(use_w4_group_scaling=True)"
 
     def interleave_weights(self, w: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,8 @@ class FlashInferSm90W4A16(EmulatedSm90W4A16):
             swiglu_limit=p.limit,
             use_w4_group_scaling=True,
         )
-        return finish_layer(out[:, : p.hidden].float(), data).to(data.case.torch_dtype)
+        out = out[0] if isinstance(out, (list, tuple)) else out  # the op returns [output]
+        return self.combine(out[:, : p.hidden].float(), data).to(data.case.torch_dtype)
 
     def notes(self) -> dict:
         import importlib.metadata
