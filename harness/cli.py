@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
 import json
 import sys
 from pathlib import Path
@@ -66,8 +67,10 @@ def main():
 @click.option("--tier", default=None, help="case tiers to include: smoke,gpu,nightly (default: smoke on CPU, all on GPU)")
 @click.option("--diagnose/--no-diagnose", default=True, show_default=True, help="run the fault catalogue on failures")
 @click.option("--code-under-test", default=None, help="commit or version of the kernel code under test, for the report")
+@click.option("--probes/--no-probes", default=True, show_default=True,
+              help="also run the single-kernel probes (quantizers, activations, FP8 GEMMs) whose gate passes")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, diagnose, code_under_test, quiet):
+def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, diagnose, code_under_test, probes, quiet):
     """Run cases against backends; write results.json + report.md; exit 1 if any row fails or errors."""
     try:
         dev = resolve_device(device)
@@ -99,6 +102,11 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
 
         rows = run_matrix(cases, chosen, dev, info["kind"], on_row,
                           progress=lambda d: prog.update(task, description=d[:60]), diagnose_failures=diagnose)
+        if probes:
+            from harness.probes import all_probes, run_probes
+            ps = [p for p in all_probes() if p.device_gate(info["kind"]) is None
+                  and (not backends or any(fnmatch.fnmatchcase(p.name, pat) for pat in backends.split(",")))]
+            rows += run_probes(ps, dev, info["kind"], writer.add)
     doc = writer.close()
     _print_table(rows)
     s = doc["summary"]["total"]
@@ -196,6 +204,22 @@ def diagnose_cmd(cases_paths, pattern, tags, backend, device, heatmap):
         from harness.heatmap import save_heatmap
         out_console.print(f"heatmap: {save_heatmap(out, ref, heatmap, f'{b.name} / {cases[0].name}')}")
     out_console.print(f"[bold]{d.conclusion}[/]  ({d.seconds:.1f} s)")
+
+
+@main.command()
+@click.option("--probe", "names", default="*", show_default=True, help="probe name glob(s), comma-separated")
+@click.option("--device", default="auto", show_default=True)
+def probe(names, device):
+    """Run single-kernel probes (FlashInfer quantizers, silu_and_mul, torch FP8 GEMMs) and print rows."""
+    from harness.probes import all_probes, run_probes
+    dev = resolve_device(device)
+    info = device_info(dev)
+    ps = [p for p in all_probes() if any(fnmatch.fnmatchcase(p.name, n) for n in names.split(","))]
+    if not ps:
+        _fail(f"no probe matches {names!r}; known: {', '.join(p.name for p in all_probes())}")
+    rows = run_probes(ps, dev, info["kind"], lambda r: None)
+    _print_table(rows)
+    sys.exit(1 if any(r["status"] in ("fail", "error") for r in rows) else 0)
 
 
 @main.command("list")
