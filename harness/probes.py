@@ -197,7 +197,6 @@ def _run_scaled_mm(a, b, recipe, sfmt):
             return (y, F.fp8_group_dequantize(qa, sa), F.fp8_block_dequantize(qb, sb),
                     f"torch.nn.functional.scaled_mm BlockWise1x128 ({la}) x BlockWise128x128 ({lb})")
     raise RuntimeError("no scale layout accepted: " + " | ".join(errors))
-            "torch.nn.functional.scaled_mm BlockWise1x128 x BlockWise128x128")
 
 
 def _grouped_probe(device):
