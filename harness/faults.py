@@ -172,8 +172,13 @@ def mutant(base: Backend, fault: Fault) -> Backend:
         raise ValueError(f"fault {fault.name} applies to {fault.family}, not to {base.name} ({getattr(base, 'family', None)})")
     if fault.hook not in base.hooks:
         raise ValueError(f"backend {base.name} does not honour hook {fault.hook!r}")
+    def case_gate(self, case):
+        if not fault.needs(case):
+            return f"fault {fault.name} is not exercised by this case"
+        return type(base).case_gate(self, case)
+
     cls = type(f"Zoo_{fault.name.replace('-', '_')}_{type(base).__name__}", (type(base),),
-               {fault.hook: fault.impl, "name": f"zoo:{fault.name}@{base.name}",
+               {fault.hook: fault.impl, "name": f"zoo:{fault.name}@{base.name}", "case_gate": case_gate,
                 "description": f"fault zoo: {fault.cause}", "verified": base.verified, "fault": fault})
     return cls()
 

@@ -20,7 +20,7 @@ class FlashInferSm90W4A16(EmulatedSm90W4A16):
     name = "flashinfer-sm90-w4a16"
     description = "FlashInfer SM90 cutlass W4A16 MXFP4 fused MoE (bf16 x MXFP4, per-expert SwiGLU alpha/beta/limit)"
     requirements = Requirements(devices=("sm90",), packages=FLASHINFER, formats=("mxfp4",), act_quants=(None,))
-    verified = "unverified"
+    verified = "h100"  # reports/sm90-nvidia-h100-80gb-hbm3/h100-20261122
     # the real kernel's activation cannot be swapped: only preprocessing/combine hooks apply
     hooks = ("interleave_weights", "interleave_scales", "fc1_order", "swiglu_tensors", "transform_mx", "combine")
     kernel = "flashinfer.fused_moe.cutlass_fused_moe(use_w4_group_scaling=True)"
