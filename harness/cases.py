@@ -395,7 +395,10 @@ def make_weights(case: Case) -> MoEWeights:
         sw2 = (torch.randn(H, I, generator=g) * s2).to(dt)
     w = MoEWeights(case.weight_format, case.checkpoint_layout, cat(parts1, 0), cat(parts2, 0),
                    cat(parts1, 1), cat(parts2, 1), cat(parts1, 2), cat(parts2, 2), b1, b2, sw1, sw2)
-    _WEIGHT_CACHE.clear()
+    # keep a few small weight sets (test suites revisit cases); model-sized ones one at a time
+    small = sum(t.numel() for t in (w.w1, w.w2)) < 2**24
+    if not small or len(_WEIGHT_CACHE) >= 16:
+        _WEIGHT_CACHE.clear()
     _WEIGHT_CACHE[key] = w
     return w
 

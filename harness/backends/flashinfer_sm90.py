@@ -53,5 +53,9 @@ class FlashInferSm90W4A16(EmulatedSm90W4A16):
 
     def notes(self) -> dict:
         import importlib.metadata
-        return {"flashinfer": importlib.metadata.version("flashinfer-python"),
+        try:
+            version = importlib.metadata.version("flashinfer-python")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (no package metadata)"
+        return {"flashinfer": version,
                 "build": "trimmed SM90 W4A16 JIT module (harness.backends.flashinfer_build)"}

@@ -1,0 +1,124 @@
+"""pytest integration: the harness's cases run as pytest items and write the same reports.
+
+Options (all optional): ``--moeacc-cases PATH`` (repeatable; default the project's cases/),
+``--moeacc-case GLOB``, ``--moeacc-backends GLOBS``, ``--moeacc-device auto|cpu|cuda``,
+``--moeacc-tier smoke,gpu,nightly``, ``--moeacc-report DIR`` (results.json + report.md written at
+session end; with pytest-xdist each worker writes its rows and the controller merges them),
+``--moeacc-shard I/N`` (this runner's share of the case list; merge the runners' reports with
+``moeacc merge``). Items carry a marker per device kind a backend needs (``sm90``, ``sm100``,
+``rocm``, ``gpu``) so ``-m "not gpu"`` works.
+A test asks for the ``moeacc_case`` and ``moeacc_backend`` arguments; see tests/test_accuracy.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+_ROWS: list[dict] = []
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("moe-accuracy")
+    g.addoption("--moeacc-cases", action="append", default=None, help="case files or folders")
+    g.addoption("--moeacc-case", default=None, help="case name glob(s), comma-separated")
+    g.addoption("--moeacc-backends", default=None, help="backend name glob(s), comma-separated")
+    g.addoption("--moeacc-device", default="auto", help="auto, cpu, cuda")
+    g.addoption("--moeacc-tier", default=None, help="case tiers (default: smoke on CPU, all on GPU)")
+    g.addoption("--moeacc-report", default=None, help="write results.json + report.md here at session end")
+    g.addoption("--moeacc-shard", default=None, help="I/N: run every N-th case starting at I")
+
+
+def _worker_gpu():
+    """Pin each xdist worker to its own GPU on a multi-GPU host."""
+    wid = os.environ.get("PYTEST_XDIST_WORKER")
+    if not wid:
+        return
+    import torch
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # CPU workers share the cores instead of fighting over them
+        return
+    n = torch.cuda.device_count()
+    torch.cuda.set_device(int(wid.lstrip("gw") or 0) % n)
+
+
+def pytest_configure(config):
+    _worker_gpu()
+
+
+def _marks_for(backend) -> list:
+    devs = set(backend.requirements.devices)
+    marks = []
+    if devs & {"cuda", "sm90", "sm90+", "sm100", "sm100+", "sm120", "rocm", "gfx942", "gfx950"}:
+        marks.append(pytest.mark.gpu)
+    for d, m in (("sm90", "sm90"), ("sm100", "sm100"), ("sm100+", "sm100"), ("rocm", "rocm"), ("gfx942", "rocm"),
+                 ("gfx950", "rocm")):
+        if d in devs:
+            marks.append(getattr(pytest.mark, m))
+    return marks
+
+
+def pytest_generate_tests(metafunc):
+    if not {"moeacc_case", "moeacc_backend"} <= set(metafunc.fixturenames):
+        return
+    from harness.backends import select_backends
+    from harness.cases import load_cases
+    from harness.device import device_info, resolve_device
+    opt = metafunc.config.getoption
+    root = Path(__file__).resolve().parent.parent
+    dev = resolve_device(opt("moeacc_device"))
+    kind = device_info(dev)["kind"]
+    tiers = opt("moeacc_tier")
+    tiers = tuple(tiers.split(",")) if tiers else (("smoke",) if kind == "cpu" else ("smoke", "gpu", "nightly"))
+    cases = [c for c in load_cases(opt("moeacc_cases") or [root / "cases"], opt("moeacc_case")) if c.tier in tiers]
+    shard = opt("moeacc_shard")
+    if shard:
+        i, n = (int(v) for v in shard.split("/"))
+        cases = cases[i::n]
+    backends = select_backends(opt("moeacc_backends"))
+    params = [pytest.param(c, b, id=f"{c.name}-{b.name}", marks=_marks_for(b)) for c in cases for b in backends]
+    metafunc.parametrize(("moeacc_case", "moeacc_backend"), params)
+
+
+@pytest.fixture(scope="session")
+def moeacc_device(request):
+    from harness.device import device_info, resolve_device
+    dev = resolve_device(request.config.getoption("moeacc_device"))
+    return dev, device_info(dev)["kind"]
+
+
+@pytest.fixture
+def moeacc_record():
+    """Call with a result row; it lands in the session report."""
+    return _ROWS.append
+
+
+def _report_dir(config) -> Path | None:
+    d = config.getoption("moeacc_report")
+    return Path(d) if d else None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    out = _report_dir(session.config)
+    if out is None:
+        return
+    wid = os.environ.get("PYTEST_XDIST_WORKER")
+    out.mkdir(parents=True, exist_ok=True)
+    if wid:  # a worker: leave its rows for the controller
+        (out / f"rows-{wid}.json").write_text(json.dumps(_ROWS))
+        return
+    rows = list(_ROWS)
+    for f in sorted(out.glob("rows-gw*.json")):
+        rows += json.loads(f.read_text())
+        f.unlink()
+    from harness.device import device_info, package_versions, resolve_device
+    from harness.report import RunWriter, new_document
+    dev = resolve_device(session.config.getoption("moeacc_device"))
+    doc = new_document(device_info(dev), package_versions(), out.name, ["pytest"])
+    w = RunWriter(out, doc)
+    for r in rows:
+        w.add(r)
+    w.close()

@@ -1,0 +1,17 @@
+"""The harness's cases as pytest items (one per case x backend), via harness.pytest_plugin.
+
+Gated backends skip with their reason; a failing row fails its item with the verdict message.
+"""
+
+import pytest
+
+from harness.runner import CaseContext, run_one
+
+
+def test_case(moeacc_case, moeacc_backend, moeacc_device, moeacc_record):
+    device, kind = moeacc_device
+    row = run_one(moeacc_backend, CaseContext(moeacc_case, device), kind)
+    moeacc_record(row)
+    if row["status"] == "skipped":
+        pytest.skip(row["message"])
+    assert row["status"] == "pass", f"{row['status']}: {row['message']}  (repro: {row['repro']})"
