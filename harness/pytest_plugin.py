@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-_ROWS: list[dict] = []
+_ROWS_KEY = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser):
@@ -46,6 +46,7 @@ def _worker_gpu():
 
 
 def pytest_configure(config):
+    config.stash[_ROWS_KEY] = []
     _worker_gpu()
 
 
@@ -91,9 +92,9 @@ def moeacc_device(request):
 
 
 @pytest.fixture
-def moeacc_record():
+def moeacc_record(request):
     """Call with a result row; it lands in the session report."""
-    return _ROWS.append
+    return request.config.stash[_ROWS_KEY].append
 
 
 def _report_dir(config) -> Path | None:
@@ -108,9 +109,9 @@ def pytest_sessionfinish(session, exitstatus):
     wid = os.environ.get("PYTEST_XDIST_WORKER")
     out.mkdir(parents=True, exist_ok=True)
     if wid:  # a worker: leave its rows for the controller
-        (out / f"rows-{wid}.json").write_text(json.dumps(_ROWS))
+        (out / f"rows-{wid}.json").write_text(json.dumps(session.config.stash[_ROWS_KEY]))
         return
-    rows = list(_ROWS)
+    rows = list(session.config.stash[_ROWS_KEY])
     for f in sorted(out.glob("rows-gw*.json")):
         rows += json.loads(f.read_text())
         f.unlink()
