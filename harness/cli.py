@@ -222,6 +222,24 @@ def probe(names, device):
     sys.exit(1 if any(r["status"] in ("fail", "error") for r in rows) else 0)
 
 
+@main.command("study-ue8m0")
+@click.option("--depth", default=80, show_default=True, help="layers in the compounded chain")
+@click.option("--seeds", default=4, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def study_ue8m0(depth, seeds, device, as_json):
+    """Accuracy cost of UE8M0 vs fp32 FP8 block scales: bits lost per layer and over a deep chain."""
+    from harness.studies import ue8m0_study
+    r = ue8m0_study(depth=depth, seeds=seeds, device=resolve_device(device))
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    click.echo(f"one GEMM {r['shape']}: SNR fp32 scales {r['layer_snr_db']['fp32']:.2f} dB, UE8M0 "
+               f"{r['layer_snr_db']['ue8m0']:.2f} dB -> {r['layer_bits_lost_ue8m0']:.3f} bit lost per layer")
+    click.echo(f"{depth}-layer residual chain: SNR fp32 {r['depth_snr_db']['fp32']:.2f} dB, UE8M0 "
+               f"{r['depth_snr_db']['ue8m0']:.2f} dB -> {r['depth_bits_lost_ue8m0']:.3f} bit lost at depth {depth}")
+
+
 @main.command("list")
 @_cases_opt
 @click.option("--device", default="auto", show_default=True)
