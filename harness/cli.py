@@ -79,8 +79,12 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
     info = device_info(dev)
     tiers = tuple(tier.split(",")) if tier else (("smoke",) if info["kind"] == "cpu" else ("smoke", "gpu", "nightly"))
     cases = _load(cases_paths, pattern, tags, tiers)
+    from harness.probes import all_probes
+    probe_names = [p.name for p in all_probes()]
+    pats = backends.split(",") if backends else []
+    backend_pats = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) for n in probe_names)]
     try:
-        chosen = select_backends(backends)
+        chosen = select_backends(",".join(backend_pats)) if backend_pats or not pats else []
     except KeyError as e:
         _fail(str(e.args[0]))
     run_id = run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -38,12 +38,33 @@ def e2m1_table(device=None) -> torch.Tensor:
     return torch.cat([mags, -mags])
 
 
-def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
-    """Decode unpacked E2M1 codes (integers 0..15) to fp32.
+_LUTS: dict = {}
+
+
+def _lut(kind: str, device, dtype) -> torch.Tensor:
+    key = (kind, str(device), dtype)
+    if key not in _LUTS:
+        t = e2m1_table()
+        lut = t if kind == "code" else torch.stack([t.repeat(16), t.repeat_interleave(16)], dim=-1)  # byte -> (lo, hi)
+        _LUTS[key] = lut.to(device=device, dtype=dtype)
+    return _LUTS[key]
+
+
+def e2m1_decode(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Decode unpacked E2M1 codes (integers 0..15) to ``dtype`` (exact in fp32 and bf16).
 
     Source: OCP Microscaling Formats (MX) v1.0, section 5.3.3 (FP4 E2M1 element encoding).
     """
-    return e2m1_table(codes.device)[(codes.to(torch.int64) & 0xF)]
+    return _lut("code", codes.device, dtype)[(codes.to(torch.int64) & 0xF)]
+
+
+def e2m1_decode_packed(packed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Decode packed FP4 bytes ``[..., K/2]`` straight to ``[..., K]`` values (low nibble first).
+
+    Source: OCP MX v1.0 section 5.3.3 with the packing of :func:`pack_fp4`.
+    """
+    p = _as_uint8(packed, "e2m1_decode_packed input")
+    return _lut("byte", p.device, dtype)[p.to(torch.int64)].flatten(-2)
 
 
 def e2m1_encode(x: torch.Tensor) -> torch.Tensor:
@@ -178,18 +199,19 @@ def mx_quantize(x: torch.Tensor, elem: str = "e2m1", mode: str = "floor", block:
 
 
 def mx_dequantize(q: torch.Tensor, scales: torch.Tensor, elem: str = "e2m1", block: int = MX_BLOCK,
-                  *, name: str = "weight") -> torch.Tensor:
-    """Inverse of :func:`mx_quantize` to fp32 ``[..., K]``.
+                  *, name: str = "weight", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of :func:`mx_quantize` to ``[..., K]`` (fp32; bf16 is exact too: the products of an
+    E2M1/E4M3 element and a power of two fit bf16's 8-bit significand and exponent range).
 
     Source: OCP Microscaling Formats (MX) v1.0, section 6.2 (value = scale * element).
     """
-    vals = e2m1_decode(unpack_fp4(q)) if elem == "e2m1" else q.to(torch.float32)
+    vals = e2m1_decode_packed(q, dtype) if elem == "e2m1" else q.to(dtype)
     k = vals.shape[-1]
     if scales.shape[-1] * block != k or scales.shape[:-1] != vals.shape[:-1]:
         raise ValueError(
             f"{name}: scales shape {tuple(scales.shape)} does not match {elem} data of K={k} "
             f"with block {block} (expected {tuple(vals.shape[:-1]) + (k // block,)})")
-    s = e8m0_decode(scales, name=f"{name} scales")
+    s = e8m0_decode(scales, name=f"{name} scales").to(dtype)
     return (vals.unflatten(-1, (-1, block)) * s.unsqueeze(-1)).flatten(-2)
 
 

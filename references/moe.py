@@ -17,19 +17,24 @@ WEIGHT_FORMATS = ("bf16", "fp8_block", "mxfp4", "nvfp4", "mxfp8")
 ACT_QUANTS = (None, "fp8_group", "fp8_group_ue8m0", "mxfp8")
 
 
+BF16_EXACT_FORMATS = ("bf16", "mxfp4", "mxfp8")  # dequantized values are exactly representable in bf16
+
+
 def dequantize_weight(fmt: str, data: torch.Tensor, scale: torch.Tensor | None = None,
                       global_scale: torch.Tensor | None = None, *, name: str = "weight",
-                      scale_block: tuple[int, int] = (128, 128)) -> torch.Tensor:
-    """Dequantize ``[..., N, K]`` expert weights of format ``fmt`` to fp32.
+                      scale_block: tuple[int, int] = (128, 128), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dequantize ``[..., N, K]`` expert weights of format ``fmt`` to fp32 (or bf16 where exact).
 
     Source: the format references in ``references.formats`` (OCP MX v1.0, NVFP4, DeepGEMM FP8 block).
     """
+    if dtype != torch.float32 and fmt not in BF16_EXACT_FORMATS:
+        raise ValueError(f"{fmt} weights are not exactly representable in {dtype}")
     if fmt == "bf16":
-        return data.to(torch.float32)
+        return data.to(dtype)
     if fmt == "mxfp4":
-        return F.mx_dequantize(data, scale, "e2m1", name=name)
+        return F.mx_dequantize(data, scale, "e2m1", name=name, dtype=dtype)
     if fmt == "mxfp8":
-        return F.mx_dequantize(data, scale, "e4m3", name=name)
+        return F.mx_dequantize(data, scale, "e4m3", name=name, dtype=dtype)
     if fmt == "nvfp4":
         return F.nvfp4_dequantize(data, scale, global_scale)
     if fmt == "fp8_block":
@@ -80,6 +85,8 @@ def moe_forward(
     intermediate_dtype: torch.dtype | None = torch.bfloat16,
     chunk_rows: int = 8192,
     act_fn=None,
+    dequant_budget: int = 2 << 30,
+    exact_bf16: bool = True,
 ) -> torch.Tensor:
     """Routed-expert MoE: ``sum_k w_k * fc2_e(act(fc1_e(x) + b1_e)) + b2_e`` in fp32.
 
@@ -88,6 +95,7 @@ def moe_forward(
     ``b1 [E, 2I]`` (same order), ``b2 [E, H]``. The activation output is rounded to
     ``intermediate_dtype`` (the kernel's dtype) before fc2, and re-quantized if ``act_quant``.
     ``act_fn(gate, up, activation, precision)`` replaces :func:`swiglu` (for activation variants).
+    Routed experts are dequantized in groups of at most ``dequant_budget`` bytes.
     Source: vLLM ``torch_moe`` test reference / FlashInfer ``cutlass_fused_moe`` docs (per-expert
     GEMM1, activation, GEMM2, weighted sum over top-k).
     """
@@ -106,36 +114,78 @@ def moe_forward(
         raise ValueError(f"moe_forward: topk_ids outside [0, {num_experts})")
     order = torch.argsort(flat, stable=True)
     counts = torch.bincount(flat, minlength=num_experts).tolist()
+    starts = [0]
+    for n in counts:
+        starts.append(starts[-1] + n)
     weights_flat = topk_weights.reshape(-1).to(torch.float32)
-    xq = fake_quant_activation(x, act_quant)
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        rows = order[start:start + n]
-        start += n
-        w1e = dequantize_weight(fmt, w1[e], _expert_slice(w1_scale, e), _expert_slice(w1_global_scale, e),
-                                name=f"w1[expert {e}]")
-        w2e = dequantize_weight(fmt, w2[e], _expert_slice(w2_scale, e), _expert_slice(w2_global_scale, e),
-                                name=f"w2[expert {e}]")
-        for c in range(0, n, chunk_rows):
-            r = rows[c:c + chunk_rows]
-            tok = r // k
-            h = xq.index_select(0, tok) @ w1e.T
-            if b1 is not None:
-                h = h + b1[e].to(torch.float32)
-            gate, up = split_gate_up(h, gate_up_order, dim=-1)
-            if precision == "kernel" and intermediate_dtype is not None:
-                gate, up = gate.to(intermediate_dtype), up.to(intermediate_dtype)
-            a = (act_fn or swiglu)(gate, up, activation, precision)
-            if intermediate_dtype is not None:
-                a = a.to(intermediate_dtype)
-            a = fake_quant_activation(a, act_quant)
-            y = a @ w2e.T
-            if b2 is not None:
-                y = y + b2[e].to(torch.float32)
-            out.index_add_(0, tok, y * weights_flat.index_select(0, r).unsqueeze(-1))
+    # Exact bf16 path (CUDA): x is bf16 and the weights dequantize exactly to bf16, so a bf16 GEMM
+    # with fp32 accumulation and fp32 output computes the same exact products as fp32 GEMM.
+    fast = (exact_bf16 and x.is_cuda and x.dtype == torch.bfloat16 and act_quant is None and fmt in BF16_EXACT_FORMATS
+            and _mm_out_fp32_available(x.device))
+    wdt = torch.bfloat16 if fast else torch.float32
+    xq = x if fast else fake_quant_activation(x, act_quant)
+    active = [e for e, n in enumerate(counts) if n]
+    per_expert = w1[0].numel() * (2 if fmt in ("mxfp4", "nvfp4") else 1) + w2[0].numel() * (2 if fmt in ("mxfp4", "nvfp4") else 1)
+    group = max(1, int(dequant_budget // max(1, per_expert * (2 if fast else 4))))
+    for g0 in range(0, len(active), group):
+        ids = active[g0:g0 + group]
+        w1g, w2g = _dequant_group(fmt, ids, w1, w2, w1_scale, w2_scale, w1_global_scale, w2_global_scale, wdt)
+        for j, e in enumerate(ids):
+            rows = order[starts[e]:starts[e + 1]]
+            for c in range(0, len(rows), chunk_rows):
+                r = rows[c:c + chunk_rows]
+                tok = r // k
+                h = _mm(xq.index_select(0, tok), w1g[j], fast)
+                if b1 is not None:
+                    h = h + b1[e].to(torch.float32)
+                gate, up = split_gate_up(h, gate_up_order, dim=-1)
+                if precision == "kernel" and intermediate_dtype is not None:
+                    gate, up = gate.to(intermediate_dtype), up.to(intermediate_dtype)
+                a = (act_fn or swiglu)(gate, up, activation, precision)
+                if intermediate_dtype is not None:
+                    a = a.to(intermediate_dtype)
+                a = fake_quant_activation(a, act_quant)
+                y = _mm(a.to(torch.bfloat16) if fast and intermediate_dtype == torch.bfloat16 else a, w2g[j],
+                        fast and intermediate_dtype == torch.bfloat16)
+                if b2 is not None:
+                    y = y + b2[e].to(torch.float32)
+                out.index_add_(0, tok, y * weights_flat.index_select(0, r).unsqueeze(-1))
+        del w1g, w2g
     return out
+
+
+_MM_OUT_FP32: dict = {}
+
+
+def _mm_out_fp32_available(device) -> bool:
+    key = str(device)
+    if key not in _MM_OUT_FP32:
+        try:
+            a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
+            _MM_OUT_FP32[key] = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        except (RuntimeError, TypeError):
+            _MM_OUT_FP32[key] = False
+    return _MM_OUT_FP32[key]
+
+
+def _mm(a: torch.Tensor, w: torch.Tensor, fast: bool) -> torch.Tensor:
+    if fast:
+        return torch.mm(a, w.T, out_dtype=torch.float32)
+    return a.to(torch.float32) @ w.T.to(torch.float32)
+
+
+def _dequant_group(fmt, ids, w1, w2, s1, s2, g1, g2, dtype):
+    """Dequantize a group of experts in one call; on a bad scale, name the exact expert."""
+    def one(w, s, g, name):
+        sel = torch.tensor(ids, device=w.device)
+        pick = lambda t: None if t is None else (t if t.dim() == 0 or t.numel() == 1 else t.index_select(0, sel))  # noqa: E731
+        try:
+            return dequantize_weight(fmt, w.index_select(0, sel), pick(s), pick(g), name=name, dtype=dtype)
+        except ValueError:
+            for e in ids:  # re-raise with the expert's own index
+                dequantize_weight(fmt, w[e], _expert_slice(s, e), _expert_slice(g, e), name=f"{name}[expert {e}]", dtype=dtype)
+            raise
+    return one(w1, s1, g1, "w1"), one(w2, s2, g2, "w2")
 
 
 def dense_mlp(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, gate_up_order: str = "gate_up",

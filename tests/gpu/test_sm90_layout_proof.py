@@ -61,3 +61,20 @@ def test_inputs_bit_identical_on_gpu():
         assert torch.equal(getattr(a, name), getattr(b, name).cpu())
     for name in ("w1", "w2", "w1_scale", "w2_scale", "b1", "b2"):
         assert torch.equal(getattr(a.weights, name), getattr(b.weights, name).cpu())
+
+
+def test_exact_bf16_reference_path_matches_fp32_path():
+    """The fast reference (bf16 GEMM, fp32 accumulate/output) equals the fp32 path up to summation order."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU, found cpu (torch sees no CUDA device)")
+    from harness.cases import Case, make_inputs
+    from references.moe import moe_forward
+    c = Case(name="x", tokens=64, hidden=512, intermediate=256, experts=8, topk=2, weight_format="mxfp4",
+             bias=True, activation="gpt_oss", input_scale=4.0)
+    d = make_inputs(c, "cuda")
+    w = d.weights
+    kw = dict(fmt="mxfp4", w1_scale=w.w1_scale, w2_scale=w.w2_scale, b1=w.b1, b2=w.b2, activation=c.swiglu)
+    fast = moe_forward(d.x, d.topk_ids, d.topk_weights, w.w1, w.w2, **kw)
+    slow = moe_forward(d.x, d.topk_ids, d.topk_weights, w.w1, w.w2, exact_bf16=False, **kw)
+    rel = ((fast - slow).norm() / slow.norm()).item()
+    assert rel < 1e-5, rel
