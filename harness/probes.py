@@ -51,19 +51,41 @@ def _inputs(m: int, k: int, seed: int, device: str) -> torch.Tensor:
     return x.to(torch.bfloat16).to(device)
 
 
-def _mode_match(q_k: torch.Tensor, s_k: torch.Tensor, x: torch.Tensor, elem: str) -> tuple[str | None, dict]:
-    """Which E8M0 scale mode reproduces the kernel? Returns (exact mode or None, match fractions)."""
-    fr = {}
-    exact = None
-    for mode in F.SCALE_MODES:
-        q_r, s_r = F.mx_quantize(x.float().cpu(), elem, mode)
-        s_eq = float((s_r.reshape(-1) == s_k.cpu().reshape(-1)[: s_r.numel()]).float().mean())
-        qk = q_k.cpu().view(torch.uint8).reshape(-1)
-        q_eq = float((q_r.view(torch.uint8).reshape(-1) == qk[: q_r.numel()]).float().mean())
-        fr[mode] = {"scales_equal": round(s_eq, 6), "data_equal": round(q_eq, 6)}
-        if s_eq == 1.0 and q_eq == 1.0 and exact is None:
-            exact = mode
-    return exact, fr
+def unswizzle_128x4(sf: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Undo the TRT-LLM/FlashInfer 128x4 scale-factor swizzle: storage [mTiles, kTiles, 32, 4, 4]
+    with row = mTile*128 + mInner*32 + mOuter and col = kTile*4 + kInner."""
+    mt, kt = -(-rows // 128), -(-cols // 4)
+    flat = sf.reshape(-1)[: mt * kt * 512].reshape(mt, kt, 32, 4, 4)  # [mT, kT, mOuter, mInner, kInner]
+    full = flat.permute(0, 3, 2, 1, 4).reshape(mt * 128, kt * 4)      # [mT, mInner, mOuter, kT, kInner]
+    return full[:rows, :cols]
+
+
+def _mode_match(q_k: torch.Tensor, s_k: torch.Tensor, x: torch.Tensor, elem: str, gs: float | None = None):
+    """Which interpretation (scale layout x input pre-scale x E8M0 mode) reproduces the kernel?
+
+    Returns (exact interpretation or None, match fractions per interpretation, facts)."""
+    m, k = x.shape
+    q = q_k.cpu().view(torch.uint8).reshape(m, -1)
+    s = s_k.cpu().view(torch.uint8)
+    layouts = {"linear": lambda: s.reshape(-1)[: m * (k // 32)].reshape(m, k // 32),
+               "swizzled-128x4": lambda: unswizzle_128x4(s, m, k // 32)}
+    pres = {"x": 1.0} if gs is None else {"x": 1.0, "x*global_scale": gs}
+    fr, exact = {}, None
+    for lname, get in layouts.items():
+        try:
+            sl = get()
+        except RuntimeError:
+            continue
+        for pname, mult in pres.items():
+            for mode in F.SCALE_MODES:
+                q_r, s_r = F.mx_quantize(x.float().cpu() * mult, elem, mode)
+                key = f"{lname}/{pname}/{mode}"
+                fr[key] = {"scales_equal": round(float((s_r == sl).float().mean()), 6),
+                           "data_equal": round(float((q_r.view(torch.uint8).reshape(m, -1) == q).float().mean()), 6)}
+                if exact is None and fr[key]["scales_equal"] == 1.0 and fr[key]["data_equal"] == 1.0:
+                    exact = key
+    facts = {"q": f"{tuple(q_k.shape)} {q_k.dtype}", "scales": f"{tuple(s_k.shape)} {s_k.dtype}"}
+    return exact, fr, facts
 
 
 def _mx_probe(kind: str):
@@ -72,23 +94,26 @@ def _mx_probe(kind: str):
         out = []
         for (m, k, seed) in ((128, 4096, 0), (7, 256, 1)):
             x = _inputs(m, k, seed, device)
+            gs = None
             if kind == "mxfp8":
                 q, s = flashinfer.mxfp8_quantize(x, is_sf_swizzled_layout=False)
                 elem = "e4m3"
             else:
-                gs = (448 * 6) / x.float().abs().max()
-                q, s = flashinfer.fp4_quantize(x, gs, 32, True, False)  # mxfp4_quantize, linear scale layout
-                elem = "e2m1"
-            exact, fr = _mode_match(q, s, x, elem)
+                gsv = (448 * 6) / x.float().abs().max()
+                q, s = flashinfer.fp4_quantize(x, gsv, 32, True, False)  # as mxfp4_quantize, linear scales
+                elem, gs = "e2m1", float(gsv)
+            exact, fr, facts = _mode_match(q, s, x, elem, gs)
             case = f"probe:{kind}_quantize[M={m},K={k}]"
             if exact:
-                out.append(ProbeResult(case, "pass", f"bit-exact with the reference in E8M0 mode '{exact}'",
-                                       {"bit_exact": True}, {"e8m0_rounding": exact}))
+                mode = exact.rsplit("/", 1)[1]
+                out.append(ProbeResult(case, "pass", f"bit-exact with the reference as {exact}",
+                                       {"bit_exact": True, "interpretation": exact}, {"e8m0_rounding": mode, **facts}))
             else:
                 best = max(fr, key=lambda md: (fr[md]["scales_equal"], fr[md]["data_equal"]))
-                out.append(ProbeResult(case, "fail", f"no E8M0 mode reproduces it bit-exactly; closest '{best}': "
+                out.append(ProbeResult(case, "fail", f"no interpretation reproduces it bit-exactly; closest {best}: "
                                        f"scales {fr[best]['scales_equal']:.2%} equal, data {fr[best]['data_equal']:.2%} equal",
-                                       {"bit_exact": False, "modes": fr}, {"e8m0_rounding": f"none (closest {best})"}))
+                                       {"bit_exact": False, "interpretations": fr},
+                                       {"e8m0_rounding": f"undetermined (closest {best})", **facts}))
         return out
     return fn
 
@@ -102,12 +127,20 @@ def _nvfp4_probe(device):
         q, s = flashinfer.fp4_quantize(x, gs, 16, False, False)
         q_r, s_r, _ = F.nvfp4_quantize(x.float().cpu(), gs.cpu())
         bq = compare_bits(q.cpu().view(torch.uint8).reshape(q_r.shape), q_r)
-        bs = compare_bits(s.cpu().view(torch.uint8).reshape(-1)[: s_r.numel()], s_r.view(torch.uint8).reshape(-1))
-        ok = bq["bit_exact"] and bs["bit_exact"]
+        su = s.cpu().view(torch.uint8)
+        cands = {"linear": su.reshape(-1)[: s_r.numel()].reshape(s_r.shape)}
+        try:
+            cands["swizzled-128x4"] = unswizzle_128x4(su, m, k // 16)
+        except RuntimeError:
+            pass
+        bs = {n: compare_bits(v.contiguous(), s_r.view(torch.uint8)) for n, v in cands.items()}
+        lay = min(bs, key=lambda n: bs[n]["differing"])
+        ok = bq["bit_exact"] and bs[lay]["bit_exact"]
         out.append(ProbeResult(f"probe:nvfp4_quantize[M={m},K={k}]", "pass" if ok else "fail",
-                               "bit-exact with the NVFP4 reference" if ok else
-                               f"data: {bq['differing']} bytes differ; E4M3 scales: {bs['differing']} differ",
-                               {"data": bq, "scales": bs}))
+                               f"bit-exact with the NVFP4 reference ({lay} scales)" if ok else
+                               f"data: {bq['differing']} bytes differ; E4M3 scales ({lay}): {bs[lay]['differing']} differ",
+                               {"data": bq, "scales": bs[lay]},
+                               {"q": f"{tuple(q.shape)} {q.dtype}", "scales": f"{tuple(s.shape)} {s.dtype}", "layout": lay}))
     return out
 
 
