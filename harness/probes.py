@@ -104,6 +104,23 @@ def _mx_probe(kind: str):
                 elem, gs = "e2m1", float(gsv)
             exact, fr, facts = _mode_match(q, s, x, elem, gs)
             case = f"probe:{kind}_quantize[M={m},K={k}]"
+            # Invariance check, independent of any interpretation: an MX quantizer must shift every
+            # E8M0 scale by exactly +1 when its input doubles (for fp4 the global scale halves, so
+            # the data must at least change). An output that does not follow the input is reported.
+            if kind == "mxfp8":
+                q2, s2 = flashinfer.mxfp8_quantize(2 * x, is_sf_swizzled_layout=False)
+            else:
+                q2, s2 = flashinfer.fp4_quantize(2 * x, (448 * 6) / (2 * x).float().abs().max(), 32, True, False)
+            sa, sb = s.view(torch.uint8).cpu().int(), s2.view(torch.uint8).cpu().int()
+            same_data = torch.equal(q.view(torch.uint8).cpu(), q2.view(torch.uint8).cpu())
+            facts["zero_scale_fraction"] = round(float((sa == 0).float().mean()), 4)
+            facts["scales_shift_by_one_when_input_doubles"] = round(float((sb == sa + 1).float().mean()), 4)
+            if kind == "mxfp8" and same_data and facts["scales_shift_by_one_when_input_doubles"] < 0.5:
+                out.append(ProbeResult(case, "fail", "kernel output does not depend on its input: data identical for x and "
+                                       f"2x, {facts['zero_scale_fraction']:.0%} of scales zero (buffers apparently not "
+                                       "written on this device)", {"bit_exact": False, "interpretations": fr},
+                                       {"e8m0_rounding": "undetermined (output not written)", **facts}))
+                continue
             if exact:
                 mode = exact.rsplit("/", 1)[1]
                 out.append(ProbeResult(case, "pass", f"bit-exact with the reference as {exact}",
