@@ -11,6 +11,7 @@ so, and the first hardware run is what settles it.
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 import torch
 
@@ -72,9 +73,7 @@ class SglangFusedExperts(TritonFusedExperts):
     name = "sglang-fused-experts"
     description = "SGLang Triton fused_experts (bf16 / FP8 block W8A8)"
     module = "sglang.srt.layers.moe.fused_moe_triton.fused_moe"
-    requirements = Requirements(devices=("cuda", "rocm"), packages={"sglang": ("sglang", "")},
-                                formats=("bf16", "fp8_block"), act_quants=(None, "fp8_group"), swiglu=False,
-                                bias=False, fp8_scales=("fp32",))
+    requirements = replace(TritonFusedExperts.requirements, packages={"sglang": ("sglang", "")})
     kernel = "sglang.srt.layers.moe.fused_moe_triton.fused_moe.fused_experts"
 
 
