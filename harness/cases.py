@@ -64,6 +64,8 @@ class Case:
     seed: int = 0
     input_scale: float = 1.0
     weight_scale: float = 1.0
+    outliers: float = 0.0              # fraction of input channels scaled x20 (LLM-style outlier channels)
+    skew: float = 0.0                  # routing skew: adds skew * (E-1-e)/E to the router logits (large: all tokens on the first experts)
     thresholds: Any = None             # None (by format) | name | {base: name, field: value}
     backends: tuple = ()               # restrict to these backend names (globs)
     tier: str = "smoke"                # smoke: runs everywhere; gpu/nightly: GPU runs only by default
@@ -116,6 +118,7 @@ def activation_params(a) -> SwigluParams:
 
 _INT_FIELDS = {"tokens": 0, "hidden": 1, "intermediate": 1, "experts": 1, "topk": 1, "n_group": 1, "topk_group": 1, "seed": 0}
 _FLOAT_FIELDS = ("routed_scaling_factor", "input_scale", "weight_scale")
+_NONNEG_FIELDS = ("outliers", "skew")
 _BOOL_FIELDS = ("bias", "renormalize", "shared_expert")
 _CHOICES = {
     "weight_format": WEIGHT_FORMATS, "scale_mode": F.SCALE_MODES, "fp8_scale": F.FP8_SCALE_FORMATS,
@@ -153,6 +156,14 @@ def validate_case(raw: dict, where: str) -> Case:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise err(f_, f"must be a positive finite number, got {v!r}")
             kw[f_] = float(v)
+    for f_ in _NONNEG_FIELDS:
+        if f_ in kw:
+            v = kw[f_]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise err(f_, f"must be a non-negative finite number, got {v!r}")
+            kw[f_] = float(v)
+    if kw.get("outliers", 0.0) > 1.0:
+        raise err("outliers", f"is a fraction of channels, got {kw['outliers']}")
     for f_ in _BOOL_FIELDS:
         if f_ in kw and not isinstance(kw[f_], bool):
             raise err(f_, f"must be true or false, got {kw[f_]!r}")
@@ -407,8 +418,13 @@ def make_inputs(case: Case, device: str | torch.device = "cpu") -> CaseData:
     """Deterministic inputs from ``case.seed`` (generated on the CPU, then moved to ``device``)."""
     g = torch.Generator().manual_seed(case.seed)
     T, H, E = case.tokens, case.hidden, case.experts
-    x = (torch.randn(T, H, generator=g) * case.input_scale).to(case.torch_dtype)
+    x = torch.randn(T, H, generator=g) * case.input_scale
+    if case.outliers:
+        x[:, torch.randperm(H, generator=g)[: max(1, int(case.outliers * H))]] *= 20.0
+    x = x.to(case.torch_dtype)
     logits = torch.randn(T, E, generator=g)
+    if case.skew:
+        logits = logits + case.skew * torch.arange(E - 1, -1, -1, dtype=torch.float32) / E
     if case.routing == "softmax":
         tw, ti = softmax_topk(logits, case.topk, case.renormalize)
     elif case.routing == "topk_softmax":
