@@ -69,8 +69,10 @@ def main():
 @click.option("--code-under-test", default=None, help="commit or version of the kernel code under test, for the report")
 @click.option("--probes/--no-probes", default=True, show_default=True,
               help="also run the single-kernel probes (quantizers, activations, FP8 GEMMs) whose gate passes")
+@click.option("--heatmaps", is_flag=True, help="write an error-structure PNG for each failing row into the run folder")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, diagnose, code_under_test, probes, quiet):
+def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, diagnose, code_under_test, probes,
+        heatmaps, quiet):
     """Run cases against backends; write results.json + report.md; exit 1 if any row fails or errors."""
     try:
         dev = resolve_device(device)
@@ -105,7 +107,8 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
                               highlight=False)
 
         rows = run_matrix(cases, chosen, dev, info["kind"], on_row,
-                          progress=lambda d: prog.update(task, description=d[:60]), diagnose_failures=diagnose)
+                          progress=lambda d: prog.update(task, description=d[:60]), diagnose_failures=diagnose,
+                          heatmap_dir=out_dir if heatmaps else None)
         if probes:
             from harness.probes import all_probes, run_probes
             ps = [p for p in all_probes() if p.device_gate(info["kind"]) is None

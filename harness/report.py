@@ -175,6 +175,11 @@ def render_markdown(doc: dict, max_failures: int = 30) -> str:
                               tablefmt="github"))
         if len(bad) > max_failures:
             lines.append(f"\n… and {len(bad) - max_failures} more in results.json")
+        maps = [r for r in bad[:max_failures] if str(r.get("heatmap", "")).endswith(".png")]
+        if maps:
+            lines += ["", "<details><summary>Error structure (|err| by token and column, folded by 32 and 128)</summary>", ""]
+            lines += [f"![{r['case']} / {r['backend']}]({r['heatmap']})" for r in maps]
+            lines += ["", "</details>"]
         lines += ["", "<details><summary>Reproduce</summary>", "", "```bash"]
         lines += [r["repro"] for r in bad[:max_failures]]
         lines += ["```", "", "</details>"]

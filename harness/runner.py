@@ -58,7 +58,7 @@ class CaseContext:
         return self.data, self.ref
 
 
-def run_one(backend: Backend, ctx: CaseContext, device_kind: str) -> dict:
+def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=None) -> dict:
     case = ctx.case
     th = case_thresholds(case)
     row = {"case": case.name, "case_file": case.file, "backend": backend.name, "status": "skipped",
@@ -88,6 +88,8 @@ def run_one(backend: Backend, ctx: CaseContext, device_kind: str) -> dict:
         v = judge(m, th)
         row.update(status="pass" if v.passed else "fail", message=v.message, metrics=m.as_dict())
         row.update(backend_notes=backend.notes() or None)
+        if heatmap_dir is not None and not v.passed:
+            row["heatmap"] = _heatmap(out, ref, heatmap_dir, case.name, backend.name)
     except Exception as e:
         row.update(status="error", message=one_line(e), traceback=traceback.format_exc(limit=8))
         if ctx.device.startswith("cuda"):
@@ -100,16 +102,28 @@ def run_one(backend: Backend, ctx: CaseContext, device_kind: str) -> dict:
     return row
 
 
+def _heatmap(out, ref, folder, case: str, backend: str) -> str | None:
+    import re
+    from pathlib import Path
+    from harness.heatmap import save_heatmap
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{case}__{backend}")[:120] + ".png"
+    try:
+        save_heatmap(out, ref, Path(folder) / name, f"{backend} / {case}")
+    except RuntimeError as e:  # matplotlib missing: the row keeps its verdict
+        return f"not written: {e}"
+    return name
+
+
 def run_matrix(cases: Iterable[Case], backends: list[Backend], device: str, device_kind: str,
                on_row: Callable[[dict], None], progress: Callable[[str], None] | None = None,
-               diagnose_failures: bool = False) -> list[dict]:
+               diagnose_failures: bool = False, heatmap_dir=None) -> list[dict]:
     rows = []
     for case in cases:
         ctx = CaseContext(case, device)
         for b in backends:
             if progress:
                 progress(f"{case.name} / {b.name}")
-            row = run_one(b, ctx, device_kind)
+            row = run_one(b, ctx, device_kind, heatmap_dir)
             if diagnose_failures and row["status"] == "fail":
                 row["diagnosis"] = _diagnose_row(b, ctx)
             on_row(row)

@@ -114,3 +114,12 @@ def test_pytest_plugin_writes_report(pytester, casefile, tmp_path, monkeypatch):
     doc = json.loads((rep / "results.json").read_text())
     assert sorted(x["status"] for x in doc["rows"]) == ["fail", "pass", "skipped"]
     assert (rep / "report.md").read_text().startswith("## ❌")
+
+
+def test_run_heatmaps_are_written_and_linked(tmp_path, casefile):
+    r = invoke("run", "--cases", casefile, "--backend", "zoo:fp4-nibbles-swapped@emulated-sm90-w4a16", "--out", tmp_path,
+               "--run-id", "h", "--device", "cpu", "--quiet", "--no-diagnose", "--heatmaps")
+    assert r.exit_code == 1
+    run = tmp_path / "cpu" / "h"
+    (png,) = run.glob("*.png")
+    assert png.stat().st_size > 1000 and f"]({png.name})" in (run / "report.md").read_text()
