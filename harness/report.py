@@ -73,7 +73,7 @@ class RunWriter:
 
     def add(self, row: dict) -> None:
         self.doc["rows"].append(row)
-        self._rows.write(json.dumps(_slim(row)) + "\n")
+        self._rows.write(json.dumps(row) + "\n")
         self._rows.flush()
         os.fsync(self._rows.fileno())
 
@@ -84,10 +84,6 @@ class RunWriter:
         _atomic_write(self.dir / "results.json", json.dumps(self.doc, indent=1))
         (self.dir / "report.md").write_text(render_markdown(self.doc))
         return self.doc
-
-
-def _slim(row: dict) -> dict:
-    return row
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -93,8 +93,6 @@ class Backend:
                 return f"{f}={getattr(case, f)} is not a multiple of {r.k_multiple}"
         if case.tokens < r.min_tokens:
             return f"needs at least {r.min_tokens} tokens"
-        if self.requirements.k_multiple > 1 and min(case.hidden, case.intermediate) < self.requirements.k_multiple:
-            return f"hidden/intermediate below {self.requirements.k_multiple}"
         return None
 
     # ---- steps -------------------------------------------------------------------------------
