@@ -50,6 +50,7 @@ class CaseContext:
     device: str
     data: object = None
     ref: torch.Tensor | None = None
+    last_out: torch.Tensor | None = None  # the latest backend output, so a diagnosis need not re-run it
 
     def ensure(self):
         if self.data is None:
@@ -60,6 +61,7 @@ class CaseContext:
 
 def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=None) -> dict:
     case = ctx.case
+    ctx.last_out = None
     th = case_thresholds(case)
     row = {"case": case.name, "case_file": case.file, "backend": backend.name, "status": "skipped",
            "message": "", "metrics": None, "thresholds": th.__dict__ | {"rule": th.rule()},
@@ -82,6 +84,7 @@ def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=No
     try:
         prepared = backend.prepare(data, ctx.device)
         out = backend.run(prepared, data)
+        ctx.last_out = out
         if ctx.device.startswith("cuda"):
             torch.cuda.synchronize()
         m = compute_metrics(out, ref, th)
@@ -138,7 +141,7 @@ def run_matrix(cases: Iterable[Case], backends: list[Backend], device: str, devi
 def _diagnose_row(backend: Backend, ctx: CaseContext):
     try:
         from harness.diagnose import diagnose
-        res = diagnose(backend, ctx)
+        res = diagnose(backend, ctx, ctx.last_out)
         return res.summary_dict()
     except Exception as e:  # diagnosis is best effort; the row keeps its verdict
         return {"conclusion": f"diagnosis failed: {one_line(e)}"}

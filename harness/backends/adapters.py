@@ -16,11 +16,10 @@ from dataclasses import replace
 import torch
 
 from harness.backends import Backend, Requirements
-from harness.backends.common import finish_layer, mx_weights_for_kernel, pad_tokens_hidden
+from harness.backends.common import fc1_in_order, finish_layer, mx_weights_for_kernel, pad_tokens_hidden
 from harness.cases import CaseData
 from references import formats as F
 from references.activations import swiglu
-from references.layouts import convert_gate_up
 
 
 def _import(path: str):
@@ -52,8 +51,7 @@ class TritonFusedExperts(Backend):
 
     def prepare(self, data: CaseData, device: str):
         w = data.weights
-        w1 = convert_gate_up(w.w1, w.order, "gate_up")
-        s1 = None if w.w1_scale is None else convert_gate_up(w.w1_scale, w.order, "gate_up")
+        w1, s1, _ = fc1_in_order(w, "gate_up")
         return {"w1": w1.contiguous(), "w2": w.w2.contiguous(), "w1_scale": s1, "w2_scale": w.w2_scale}
 
     def run(self, p, data: CaseData) -> torch.Tensor:
@@ -98,8 +96,8 @@ class DeepGemmFp8(Backend):
 
     def prepare(self, data: CaseData, device: str):
         w = data.weights
-        return {"w1": convert_gate_up(w.w1, w.order, "gate_up").contiguous(),
-                "s1": convert_gate_up(w.w1_scale, w.order, "gate_up").contiguous(), "w2": w.w2, "s2": w.w2_scale}
+        w1, s1, _ = fc1_in_order(w, "gate_up")
+        return {"w1": w1.contiguous(), "s1": s1.contiguous(), "w2": w.w2, "s2": w.w2_scale}
 
     @staticmethod
     def permute(topk_ids: torch.Tensor, num_experts: int, align: int = 128):
@@ -160,12 +158,12 @@ class AiterMxfp4(Backend):
     def prepare(self, data: CaseData, device: str):
         shuffle = _import("aiter.ops.shuffle").shuffle_weight
         w = data.weights
-        w1 = shuffle(convert_gate_up(w.w1, w.order, "gate_up").contiguous(), layout=(16, 16))
+        w1, s1, b1 = fc1_in_order(w, "gate_up")
+        w1 = shuffle(w1.contiguous(), layout=(16, 16))
         w2 = shuffle(w.w2.contiguous(), layout=(16, 16))
         for t in (w1, w2):
             t.is_shuffled = True
-        return {"w1": w1, "w2": w2, "s1": convert_gate_up(w.w1_scale, w.order, "gate_up"), "s2": w.w2_scale,
-                "b1": None if w.b1 is None else convert_gate_up(w.b1, w.order, "gate_up", dim=-1), "b2": w.b2}
+        return {"w1": w1, "w2": w2, "s1": s1, "s2": w.w2_scale, "b1": b1, "b2": w.b2}
 
     def run(self, p, data: CaseData) -> torch.Tensor:
         aiter = _import("aiter")
@@ -198,9 +196,8 @@ class TritonKernelsMxfp4(Backend):
 
     def prepare(self, data: CaseData, device: str):
         w = data.weights
-        return {"w1": convert_gate_up(w.w1, w.order, "interleaved"), "s1": convert_gate_up(w.w1_scale, w.order, "interleaved"),
-                "b1": None if w.b1 is None else convert_gate_up(w.b1, w.order, "interleaved", dim=-1),
-                "w2": w.w2, "s2": w.w2_scale, "b2": w.b2}
+        w1, s1, b1 = fc1_in_order(w, "interleaved")
+        return {"w1": w1, "s1": s1, "b1": b1, "w2": w.w2, "s2": w.w2_scale, "b2": w.b2}
 
     def run(self, p, data: CaseData) -> torch.Tensor:
         mo = _import("triton_kernels.matmul_ogs")

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from harness.backends import Backend, Requirements
-from harness.backends.common import finish_layer, mx_weights_for_kernel, pad_tokens_hidden
+from harness.backends.common import fc1_in_order, finish_layer, mx_weights_for_kernel, pad_tokens_hidden
 from harness.cases import CaseData
 from references.activations import SwigluParams
-from references.layouts import (aiter_shuffle_weight, aiter_unshuffle_weight, convert_gate_up, sm90_deinterleave_fp4_weights, sm90_deinterleave_scales,
+from references.layouts import (aiter_shuffle_weight, aiter_unshuffle_weight, sm90_deinterleave_fp4_weights, sm90_deinterleave_scales,
                                 sm90_interleave_fp4_weights, sm90_interleave_scales)
 from references.moe import dequantize_weight, moe_forward, naive_moe_forward
 
@@ -165,9 +165,7 @@ class EmulatedFp8Block(Backend):
 
     def prepare(self, data: CaseData, device: str):
         w = data.weights
-        w1 = convert_gate_up(w.w1, w.order, "gate_up")
-        s1 = convert_gate_up(w.w1_scale, w.order, "gate_up")
-        b1 = None if w.b1 is None else convert_gate_up(w.b1, w.order, "gate_up", dim=-1)
+        w1, s1, b1 = fc1_in_order(w, "gate_up")
         return w1, self.weight_scales(s1, data), w.w2, self.weight_scales(w.w2_scale, data), b1, w.b2
 
     def run(self, p, data: CaseData) -> torch.Tensor:
@@ -203,8 +201,7 @@ class EmulatedInterleavedMx(Backend):
     def prepare(self, data: CaseData, device: str):
         w = data.weights
         o = self.fc1_order(data)
-        w1, s1 = convert_gate_up(w.w1, w.order, o), convert_gate_up(w.w1_scale, w.order, o)
-        b1 = None if w.b1 is None else convert_gate_up(w.b1, w.order, o, dim=-1)
+        w1, s1, b1 = fc1_in_order(w, o)
         return w1, s1, w.w2, w.w2_scale, b1, w.b2
 
     def run(self, p, data: CaseData) -> torch.Tensor:
@@ -239,10 +236,8 @@ class EmulatedAiterMxfp4(Backend):
 
     def prepare(self, data: CaseData, device: str):
         w = data.weights
-        w1 = aiter_shuffle_weight(convert_gate_up(w.w1, w.order, "gate_up"))
-        s1 = convert_gate_up(w.w1_scale, w.order, "gate_up")
-        b1 = None if w.b1 is None else convert_gate_up(w.b1, w.order, "gate_up", dim=-1)
-        return {"w1": w1, "s1": s1, "w2": aiter_shuffle_weight(w.w2), "s2": w.w2_scale, "b1": b1, "b2": w.b2,
+        w1, s1, b1 = fc1_in_order(w, "gate_up")
+        return {"w1": aiter_shuffle_weight(w1), "s1": s1, "w2": aiter_shuffle_weight(w.w2), "s2": w.w2_scale, "b1": b1, "b2": w.b2,
                 "is_shuffled": self.shuffled_flag()}
 
     def run(self, p, data: CaseData) -> torch.Tensor:
