@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from tabulate import tabulate
+import tabulate as _tabulate_mod
 
 SCHEMA = "moe-accuracy/results"
 SCHEMA_VERSION = 1
@@ -24,6 +24,18 @@ STATUSES = ("pass", "fail", "error", "skipped")
 
 class ReportError(ValueError):
     pass
+
+
+def tabulate(rows, headers, tablefmt="github") -> str:
+    """A markdown table whose padding does not depend on whether the optional ``wcwidth`` package
+    is installed (tabulate measures emoji as 2 columns with it, 1 without): widths are counted in
+    code points, so the same rows always render to the same bytes."""
+    saved = _tabulate_mod.WIDE_CHARS_MODE
+    _tabulate_mod.WIDE_CHARS_MODE = False
+    try:
+        return _tabulate_mod.tabulate(rows, headers=headers, tablefmt=tablefmt)
+    finally:
+        _tabulate_mod.WIDE_CHARS_MODE = saved
 
 
 def git_commit(path: str | Path = ".") -> str | None:
