@@ -12,10 +12,11 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 
-from harness.backends import select_backends
-from harness.cases import load_cases
-from harness.faults import zoo_backends
-from harness.runner import CaseContext, run_one
+from harness.backends.registry import select_backends
+from harness.cases import CaseContext, load_cases
+from harness.families import zoo_backends
+from harness.results import Status
+from harness.runner import run_one
 
 
 def main():
@@ -33,12 +34,12 @@ def main():
         ctx = CaseContext(case, "cpu")
         for b in correct:
             r = run_one(b, ctx, "cpu")
-            if r["status"] == "skipped":
+            if r.status is Status.SKIPPED:
                 continue
-            s = stats[(case.threshold_name, b.name)]
+            s = stats[(case.limits.name, b.name)]
             s["runs"] += 1
-            s["fail"] += r["status"] != "pass"
-            m = r["metrics"] or {}
+            s["fail"] += r.status is not Status.PASS
+            m = r.metrics or {}
             s["max_mismatch"] = max(s["max_mismatch"], m.get("mismatch") or 0)
             s["max_rel_l2"] = max(s["max_rel_l2"], m.get("rel_l2") or 0)
             s["min_cosine"] = min(s["min_cosine"], m.get("cosine") or 0)
@@ -53,8 +54,8 @@ def main():
                 r = run_one(b, ctx, "cpu")
                 z = zoo[b.fault.name]
                 z["runs"] += 1
-                z["caught"] += r["status"] == "fail"
-                m = r["metrics"] or {}
+                z["caught"] += r.status is Status.FAIL
+                m = r.metrics or {}
                 z["min_mismatch"] = min(z["min_mismatch"], m.get("mismatch", 1.0))
                 z["min_rel_l2"] = min(z["min_rel_l2"], m.get("rel_l2", 1e9))
     res = {"seeds": a.seeds, "zoo_seeds": a.zoo_seeds, "seconds": round(time.time() - t0, 1),

@@ -17,12 +17,12 @@ from typing import Callable
 
 import torch
 
-from harness.backends import Backend, Requirements
+from harness.backends.base import Backend, Requirements
+from harness.backends.flashinfer import PACKAGE as FLASHINFER
 from harness.compare import THRESHOLDS, compare_bits, compute_metrics, judge
+from harness.results import ResultRow, Status
 from references import formats as F
-from references.activations import silu_and_mul
-
-FLASHINFER = {"flashinfer-python": ("flashinfer", "0.6.12")}
+from references.activations import Precision, silu_and_mul
 
 
 @dataclass
@@ -60,7 +60,7 @@ def unswizzle_128x4(sf: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return full[:rows, :cols]
 
 
-def _mode_match(q_k: torch.Tensor, s_k: torch.Tensor, x: torch.Tensor, elem: str, gs: float | None = None):
+def _mode_match(q_k: torch.Tensor, s_k: torch.Tensor, x: torch.Tensor, elem: F.Element, gs: float | None = None):
     """Which interpretation (scale layout x input pre-scale x E8M0 mode) reproduces the kernel?
 
     Returns (exact interpretation or None, match fractions per interpretation, facts)."""
@@ -77,9 +77,9 @@ def _mode_match(q_k: torch.Tensor, s_k: torch.Tensor, x: torch.Tensor, elem: str
         except RuntimeError:
             continue
         for pname, mult in pres.items():
-            for mode in F.SCALE_MODES:
+            for mode in F.ScaleMode:
                 q_r, s_r = F.mx_quantize(x.float().cpu() * mult, elem, mode)
-                key = f"{lname}/{pname}/{mode}"
+                key = f"{lname}/{pname}/{mode.value}"
                 fr[key] = {"scales_equal": round(float((s_r == sl).float().mean()), 6),
                            "data_equal": round(float((q_r.view(torch.uint8).reshape(m, -1) == q).float().mean()), 6)}
                 if exact is None and fr[key]["scales_equal"] == 1.0 and fr[key]["data_equal"] == 1.0:
@@ -97,11 +97,11 @@ def _mx_probe(kind: str):
             gs = None
             if kind == "mxfp8":
                 q, s = flashinfer.mxfp8_quantize(x, is_sf_swizzled_layout=False)
-                elem = "e4m3"
+                elem = F.Element.E4M3
             else:
                 gsv = (448 * 6) / x.float().abs().max()
                 q, s = flashinfer.fp4_quantize(x, gsv, 32, True, False)  # as mxfp4_quantize, linear scales
-                elem, gs = "e2m1", float(gsv)
+                elem, gs = F.Element.E2M1, float(gsv)
             exact, fr, facts = _mode_match(q, s, x, elem, gs)
             case = f"probe:{kind}_quantize[M={m},K={k}]"
             # Invariance check, independent of any interpretation: an MX quantizer must shift every
@@ -166,7 +166,7 @@ def _silu_probe(device):
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(64, 2 * 1024, generator=g) * 4).to(torch.bfloat16).to(device)
     y = flashinfer.silu_and_mul(x)
-    r = silu_and_mul(x, precision="kernel").to(torch.bfloat16)
+    r = silu_and_mul(x, precision=Precision.KERNEL).to(torch.bfloat16)
     b = compare_bits(y, r)
     ok = b["max_ulp"] <= 1
     return [ProbeResult("probe:silu_and_mul[M=64,d=1024]", "pass" if ok else "fail",
@@ -228,8 +228,8 @@ def _run_scaled_mm(a, b, recipe, sfmt):
         qa, qb = (a.float() / sa).to(fp8), (b.float() / sb).to(fp8)
         y = torch._scaled_mm(qa, qb.T, scale_a=sa, scale_b=sb.T.contiguous(), out_dtype=torch.bfloat16)
         return y, qa.float() * sa, qb.float() * sb, "torch._scaled_mm rowwise"
-    qa, sa = F.fp8_group_quantize(a, 128, sfmt)             # [M, K/128]
-    qb, sb = F.fp8_block_quantize(b, (128, 128), sfmt)      # [N/128, K/128]
+    qa, sa = F.fp8_group_quantize(a, 128, F.Fp8Scale(sfmt))  # [M, K/128]
+    qb, sb = F.fp8_block_quantize(b, (128, 128), F.Fp8Scale(sfmt))  # [N/128, K/128]
     import torch.nn.functional as NF
     st = NF.ScalingType
     errors = []
@@ -303,27 +303,25 @@ def all_probes() -> list[Probe]:
     ]
 
 
-def run_probes(probes: list[Probe], device: str, device_kind: str, on_row) -> list[dict]:
+def run_probes(probes: list[Probe], device: str, device_kind: str, on_row) -> list[ResultRow]:
     rows = []
     for p in probes:
-        base = {"backend": p.name, "case_file": "", "metrics": None, "thresholds": None, "tags": ["probe"],
-                "repro": f"moeacc probe --probe {p.name}", "shape": p.kernel, "diagnosis": None}
+        def row(case, status, message, **kw):
+            r = ResultRow(case=case, backend=p.name, status=Status(status), message=message, tags=["probe"],
+                          repro=f"moeacc probe --probe {p.name}", shape=p.kernel, **kw)
+            on_row(r)
+            rows.append(r)
         why = p.device_gate(device_kind)
         if why:
-            row = base | {"case": f"probe:{p.name}", "status": "skipped", "message": why, "duration_s": 0.0}
-            on_row(row)
-            rows.append(row)
+            row(f"probe:{p.name}", "skipped", why)
             continue
-        t0 = time.perf_counter()
+        t0, tb = time.perf_counter(), None
         try:
             results = p.probe(device)
         except Exception as e:
             results = [ProbeResult(f"probe:{p.name}", "error", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")]
-            base["traceback"] = traceback.format_exc(limit=6)
+            tb = traceback.format_exc(limit=6)
         dt = round(time.perf_counter() - t0, 3)
         for r in results:
-            row = base | {"case": r.case, "status": r.status, "message": r.message, "metrics": r.metrics,
-                          "backend_notes": r.notes, "duration_s": dt}
-            on_row(row)
-            rows.append(row)
+            row(r.case, r.status, r.message, metrics=r.metrics, backend_notes=r.notes, duration_s=dt, traceback=tb)
     return rows

@@ -65,15 +65,15 @@ def _marks_for(backend) -> list:
 def pytest_generate_tests(metafunc):
     if not {"moeacc_case", "moeacc_backend"} <= set(metafunc.fixturenames):
         return
-    from harness.backends import select_backends
-    from harness.cases import load_cases
+    from harness.backends.registry import select_backends
+    from harness.cases import Tier, load_cases
     from harness.device import device_info, resolve_device
     opt = metafunc.config.getoption
     root = Path(__file__).resolve().parent.parent
     dev = resolve_device(opt("moeacc_device"))
     kind = device_info(dev)["kind"]
     tiers = opt("moeacc_tier")
-    tiers = tuple(tiers.split(",")) if tiers else (("smoke",) if kind == "cpu" else ("smoke", "gpu", "nightly"))
+    tiers = tuple(Tier(t) for t in tiers.split(",")) if tiers else ((Tier.SMOKE,) if kind == "cpu" else tuple(Tier))
     cases = [c for c in load_cases(opt("moeacc_cases") or [root / "cases"], opt("moeacc_case")) if c.tier in tiers]
     shard = opt("moeacc_shard")
     if shard:
@@ -93,8 +93,8 @@ def moeacc_device(request):
 
 @pytest.fixture
 def moeacc_record(request):
-    """Call with a result row; it lands in the session report."""
-    return request.config.stash[_ROWS_KEY].append
+    """Call with a result row (a ResultRow); it lands in the session report."""
+    return lambda row: request.config.stash[_ROWS_KEY].append(row.to_json())
 
 
 def _report_dir(config) -> Path | None:

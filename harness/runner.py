@@ -1,31 +1,27 @@
-"""Run cases x backends: gates, reference once per case, compare, one row per (case, backend).
-
-A crash in one backend or case becomes an ``error`` row with a one-line message; the other rows
-still run and are written as they complete.
+"""Run cases x backends in this process: gates, the reference once per case, compare, one
+:class:`ResultRow` per (case, backend). An exception in one backend or case becomes an ``error``
+row with a one-line message; the other rows still run. (``harness.isolation`` runs the same rows
+in worker processes so that a crash or hang costs only its own row.)
 """
 
 from __future__ import annotations
 
+import fnmatch
 import gc
+import re
 import shlex
 import time
 import traceback
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
-from harness.backends import Backend
-from harness.cases import Case, make_inputs, reference_output
-from harness.compare import THRESHOLDS, Thresholds, compute_metrics, judge
-
-
-def case_thresholds(case: Case) -> Thresholds:
-    t = case.thresholds
-    base = THRESHOLDS[case.threshold_name]
-    if isinstance(t, dict):
-        return base.with_overrides(**{k: v for k, v in t.items() if k != "base"})
-    return base
+from harness.backends.base import Backend
+from harness.cases import Case, CaseContext
+from harness.compare import compute_metrics, judge
+from harness.diagnose import diagnose
+from harness.results import ResultRow, Status
 
 
 def repro_command(case: Case, backend: str, device: str = "auto") -> str:
@@ -42,72 +38,64 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"
 
 
-@dataclass
-class CaseContext:
-    """Inputs and reference of one case, made lazily once and shared by its backends."""
-
-    case: Case
-    device: str
-    data: object = None
-    ref: torch.Tensor | None = None
-    last_out: torch.Tensor | None = None  # the latest backend output, so a diagnosis need not re-run it
-
-    def ensure(self):
-        if self.data is None:
-            self.data = make_inputs(self.case, self.device)
-            self.ref = reference_output(self.data)
-        return self.data, self.ref
+def gate(backend: Backend, case: Case, device_kind: str) -> str | None:
+    """Why ``backend`` cannot run ``case`` on this device kind (None: it can)."""
+    why = backend.device_gate(device_kind) or backend.case_gate(case)
+    if why is None and case.backends and not any(fnmatch.fnmatchcase(backend.name, p) for p in case.backends):
+        why = f"case restricted to backends {', '.join(case.backends)}"
+    return why
 
 
-def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=None) -> dict:
+def new_row(backend: Backend, case: Case, device: str) -> ResultRow:
+    th = case.limits
+    return ResultRow(case=case.name, backend=backend.name, case_file=case.file,
+                     thresholds=th.__dict__ | {"rule": th.rule()}, repro=repro_command(case, backend.name, device),
+                     shape=case.short(), tags=list(case.tags))
+
+
+def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=None) -> ResultRow:
     case = ctx.case
     ctx.last_out = None
-    th = case_thresholds(case)
-    row = {"case": case.name, "case_file": case.file, "backend": backend.name, "status": "skipped",
-           "message": "", "metrics": None, "thresholds": th.__dict__ | {"rule": th.rule()},
-           "repro": repro_command(case, backend.name, ctx.device), "shape": case.short(),
-           "tags": list(case.tags), "duration_s": 0.0, "diagnosis": None}
-    why = backend.device_gate(device_kind) or backend.case_gate(case)
-    if why is None and case.backends:
-        import fnmatch
-        if not any(fnmatch.fnmatchcase(backend.name, p) for p in case.backends):
-            why = f"case restricted to backends {', '.join(case.backends)}"
+    row = new_row(backend, case, ctx.device)
+    why = gate(backend, case, device_kind)
     if why:
-        row["message"] = why
+        row.message = why
         return row
     t0 = time.perf_counter()
     try:
         data, ref = ctx.ensure()
     except Exception as e:
-        row.update(status="error", message=f"inputs/reference failed: {one_line(e)}", traceback=traceback.format_exc())
+        row.status, row.message, row.traceback = Status.ERROR, f"inputs/reference failed: {one_line(e)}", traceback.format_exc()
         return row
     try:
-        prepared = backend.prepare(data, ctx.device)
-        out = backend.run(prepared, data)
+        out = backend.run(backend.prepare(data, ctx.device), data)
         ctx.last_out = out
-        if ctx.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        m = compute_metrics(out, ref, th)
-        v = judge(m, th)
-        row.update(status="pass" if v.passed else "fail", message=v.message, metrics=m.as_dict())
-        row.update(backend_notes=backend.notes() or None)
+        _sync(ctx.device)
+        m = compute_metrics(out, ref, case.limits)
+        v = judge(m, case.limits)
+        row.status, row.message, row.metrics = Status.PASS if v.passed else Status.FAIL, v.message, m.as_dict()
+        row.backend_notes = backend.notes() or None
         if heatmap_dir is not None and not v.passed:
-            row["heatmap"] = _heatmap(out, ref, heatmap_dir, case.name, backend.name)
+            row.heatmap = _heatmap(out, ref, heatmap_dir, case.name, backend.name)
     except Exception as e:
-        row.update(status="error", message=one_line(e), traceback=traceback.format_exc(limit=8))
-        if ctx.device.startswith("cuda"):
-            try:
-                torch.cuda.synchronize()
-            except Exception:
-                pass
+        row.status, row.message, row.traceback = Status.ERROR, one_line(e), traceback.format_exc(limit=8)
+        _sync(ctx.device, quiet=True)
     finally:
-        row["duration_s"] = round(time.perf_counter() - t0, 4)
+        row.duration_s = round(time.perf_counter() - t0, 4)
     return row
 
 
+def _sync(device: str, quiet: bool = False) -> None:
+    if not device.startswith("cuda"):
+        return
+    try:
+        torch.cuda.synchronize()
+    except Exception:
+        if not quiet:
+            raise
+
+
 def _heatmap(out, ref, folder, case: str, backend: str) -> str | None:
-    import re
-    from pathlib import Path
     from harness.heatmap import save_heatmap
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{case}__{backend}")[:120] + ".png"
     try:
@@ -117,31 +105,34 @@ def _heatmap(out, ref, folder, case: str, backend: str) -> str | None:
     return name
 
 
-def run_matrix(cases: Iterable[Case], backends: list[Backend], device: str, device_kind: str,
-               on_row: Callable[[dict], None], progress: Callable[[str], None] | None = None,
-               diagnose_failures: bool = False, heatmap_dir=None) -> list[dict]:
+def run_case(case: Case, backends: list[Backend], device: str, device_kind: str, on_row: Callable[[ResultRow], None],
+             diagnose_failures: bool = False, heatmap_dir=None) -> list[ResultRow]:
+    """Every backend on one case (inputs and reference made once)."""
+    ctx = CaseContext(case, device)
     rows = []
-    for case in cases:
-        ctx = CaseContext(case, device)
-        for b in backends:
-            if progress:
-                progress(f"{case.name} / {b.name}")
-            row = run_one(b, ctx, device_kind, heatmap_dir)
-            if diagnose_failures and row["status"] == "fail":
-                row["diagnosis"] = _diagnose_row(b, ctx)
-            on_row(row)
-            rows.append(row)
-        del ctx
-        gc.collect()
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    for b in backends:
+        row = run_one(b, ctx, device_kind, heatmap_dir)
+        if diagnose_failures and row.status is Status.FAIL:
+            row.diagnosis = diagnose_row(b, ctx)
+        on_row(row)
+        rows.append(row)
+    del ctx
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return rows
 
 
-def _diagnose_row(backend: Backend, ctx: CaseContext):
+def run_matrix(cases: Iterable[Case], backends: list[Backend], device: str, device_kind: str,
+               on_row: Callable[[ResultRow], None], diagnose_failures: bool = False, heatmap_dir=None) -> list[ResultRow]:
+    rows = []
+    for case in cases:
+        rows += run_case(case, backends, device, device_kind, on_row, diagnose_failures, heatmap_dir)
+    return rows
+
+
+def diagnose_row(backend: Backend, ctx: CaseContext) -> dict:
     try:
-        from harness.diagnose import diagnose
-        res = diagnose(backend, ctx, ctx.last_out)
-        return res.summary_dict()
+        return diagnose(backend, ctx, ctx.last_out).summary_dict()
     except Exception as e:  # diagnosis is best effort; the row keeps its verdict
         return {"conclusion": f"diagnosis failed: {one_line(e)}"}

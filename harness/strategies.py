@@ -6,12 +6,10 @@ case; ``repro_yaml`` prints it as a case file entry.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import yaml
 from hypothesis import strategies as st
 
-from harness.cases import Case, validate_case
+from harness.cases import Case, case_to_yaml, validate_case
 
 _ACTIVATIONS = st.sampled_from(["silu", "gpt_oss", "clamp7", {"alpha": 1.0, "beta": 0.0, "limit": 1.0}])
 
@@ -47,6 +45,6 @@ def cases(draw, weight_format: str = "mxfp4", k_multiple: int = 32, max_dim: int
 
 def repro_yaml(case: Case) -> str:
     """The case as a case-file entry, for pasting into ``cases/``."""
-    d = {k: v for k, v in asdict(case).items() if k not in ("file", "backends", "tags", "source", "thresholds")}
+    d = {k: v for k, v in case_to_yaml(case).items() if k not in ("backends", "tags", "source", "thresholds")}
     d["tags"] = ["hypothesis-repro"]
     return yaml.safe_dump({"cases": [d]}, sort_keys=False)

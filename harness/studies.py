@@ -24,6 +24,7 @@ def _snr_db(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _qgemm(x: torch.Tensor, w: torch.Tensor, fmt: str) -> torch.Tensor:
+    fmt = F.Fp8Scale(fmt)
     qx, sx = F.fp8_group_quantize(x, 128, fmt)
     qw, sw = F.fp8_block_quantize(w, (128, 128), fmt)
     return F.fp8_group_dequantize(qx, sx) @ F.fp8_block_dequantize(qw, sw).T

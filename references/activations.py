@@ -1,17 +1,23 @@
 """Gated activations: silu_and_mul, GPT-OSS SwiGLU (alpha, beta, limit), clamp-only SwiGLU.
 
-``precision="fp32"`` computes everything in fp32. ``precision="kernel"`` matches the fused kernels:
+``Precision.FP32`` computes everything in fp32. ``Precision.KERNEL`` matches the fused kernels:
 clamp in fp32 and cast back to the input dtype, silu/sigmoid in fp32 and cast to the input dtype,
 then the product (and the ``+beta``) in the input dtype.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("fp32", "kernel")
+
+class Precision(enum.Enum):
+    """FP32: everything in fp32. KERNEL: the fused kernels' roundings (see the module docstring)."""
+
+    FP32 = "fp32"
+    KERNEL = "kernel"
 
 
 @dataclass(frozen=True)
@@ -35,20 +41,19 @@ GPT_OSS = SwigluParams(1.702, 1.0, 7.0)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, params: SwigluParams = SwigluParams(),
-           precision: str = "fp32") -> torch.Tensor:
+           precision: Precision | str = Precision.FP32) -> torch.Tensor:
     """``(clamp(up, -limit, limit) + beta) * g * sigmoid(alpha * g)`` with ``g = min(gate, limit)``.
 
     Source: HF transformers ``models/gpt_oss/modeling_gpt_oss.py`` ``GptOssExperts._apply_gate``.
     """
     if gate.shape != up.shape:
         raise ValueError(f"swiglu: gate shape {tuple(gate.shape)} != up shape {tuple(up.shape)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"swiglu: unknown precision {precision!r}; expected one of {PRECISIONS}")
+    precision = Precision(precision)
     g, u = gate.to(torch.float32), up.to(torch.float32)
     if params.limit is not None:
         g = g.clamp(max=params.limit)
         u = u.clamp(-params.limit, params.limit)
-    if precision == "fp32":
+    if precision is Precision.FP32:
         return g * torch.sigmoid(params.alpha * g) * (u + params.beta)
     dt = gate.dtype
     g, u = g.to(dt), u.to(dt)
@@ -57,7 +62,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, params: SwigluParams = SwigluPa
     return act * (u + params.beta) if params.beta else act * u
 
 
-def silu_and_mul(x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+def silu_and_mul(x: torch.Tensor, precision: Precision | str = Precision.FP32) -> torch.Tensor:
     """``silu(x[..., :d]) * x[..., d:]`` for ``x = [..., 2d]`` ([gate; up] halves).
 
     Source: vLLM ``SiluAndMul.forward_native`` (vllm/model_executor/layers/activation.py).
@@ -68,7 +73,7 @@ def silu_and_mul(x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     return swiglu(x[..., :d], x[..., d:], SwigluParams(), precision)
 
 
-def swiglu_clamp_only(gate: torch.Tensor, up: torch.Tensor, limit: float, precision: str = "fp32") -> torch.Tensor:
+def swiglu_clamp_only(gate: torch.Tensor, up: torch.Tensor, limit: float, precision: Precision | str = Precision.FP32) -> torch.Tensor:
     """Clamp-only SwiGLU: ``silu(min(gate, limit)) * clamp(up, -limit, limit)``.
 
     Source: DeepSeek-V4 inference ``model.py`` Expert.forward (swiglu_limit); vLLM PR 41986.

@@ -8,52 +8,54 @@ Row orders of a fused fc1 weight ``[..., 2I, K]`` (rows on ``dim``):
 
 from __future__ import annotations
 
+import enum
+
 import torch
 
-GATE_UP_ORDERS = ("interleaved", "gate_up", "up_gate")
+
+class GateUpOrder(enum.Enum):
+    """Row order of a fused gate/up (fc1) tensor."""
+
+    INTERLEAVED = "interleaved"  # gate at even rows, up at odd rows (GPT-OSS checkpoints)
+    GATE_UP = "gate_up"          # [gate; up] (vLLM Triton, DeepGEMM)
+    UP_GATE = "up_gate"          # [up; gate] (FlashInfer SM90 cutlass W4A16, TRT-LLM w3_w1)
 
 
-def split_gate_up(w: torch.Tensor, order: str, dim: int = -2) -> tuple[torch.Tensor, torch.Tensor]:
+def split_gate_up(w: torch.Tensor, order: GateUpOrder | str, dim: int = -2) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a fused gate/up tensor into ``(gate, up)`` given its row order along ``dim``.
 
     Source: HF ``modeling_gpt_oss.py`` (gate = ``[..., ::2]``, up = ``[..., 1::2]``); FlashInfer
     ``cutlass_fused_moe`` docs (fc1 = [w3; w1] = [up; gate]).
     """
+    order = GateUpOrder(order)
     n = w.shape[dim]
     if n % 2:
         raise ValueError(f"split_gate_up: fused dim {n} is odd")
-    if order == "interleaved":
+    if order is GateUpOrder.INTERLEAVED:
         idx = torch.arange(n, device=w.device)
         return w.index_select(dim, idx[0::2]), w.index_select(dim, idx[1::2])
     a, b = w.split(n // 2, dim=dim)
-    if order == "gate_up":
-        return a, b
-    if order == "up_gate":
-        return b, a
-    raise ValueError(f"unknown gate/up order {order!r}; expected one of {GATE_UP_ORDERS}")
+    return (a, b) if order is GateUpOrder.GATE_UP else (b, a)
 
 
-def fuse_gate_up(gate: torch.Tensor, up: torch.Tensor, order: str, dim: int = -2) -> torch.Tensor:
+def fuse_gate_up(gate: torch.Tensor, up: torch.Tensor, order: GateUpOrder | str, dim: int = -2) -> torch.Tensor:
     """Inverse of :func:`split_gate_up`.
 
     Source: same orders as :func:`split_gate_up`.
     """
-    if order == "interleaved":
+    order = GateUpOrder(order)
+    if order is GateUpOrder.INTERLEAVED:
         return torch.stack([gate, up], dim=dim if dim < 0 else dim + 1).flatten(
             dim - 1 if dim < 0 else dim, dim if dim < 0 else dim + 1)
-    if order == "gate_up":
-        return torch.cat([gate, up], dim=dim)
-    if order == "up_gate":
-        return torch.cat([up, gate], dim=dim)
-    raise ValueError(f"unknown gate/up order {order!r}; expected one of {GATE_UP_ORDERS}")
+    return torch.cat([gate, up] if order is GateUpOrder.GATE_UP else [up, gate], dim=dim)
 
 
-def convert_gate_up(w: torch.Tensor, src: str, dst: str, dim: int = -2) -> torch.Tensor:
+def convert_gate_up(w: torch.Tensor, src: GateUpOrder | str, dst: GateUpOrder | str, dim: int = -2) -> torch.Tensor:
     """Re-order fused gate/up rows from ``src`` to ``dst`` order.
 
     Source: composition of :func:`split_gate_up` and :func:`fuse_gate_up`.
     """
-    if src == dst:
+    if GateUpOrder(src) is GateUpOrder(dst):
         return w
     return fuse_gate_up(*split_gate_up(w, src, dim), dst, dim)
 
@@ -138,7 +140,7 @@ def pad_dim(x: torch.Tensor, dim: int, multiple: int, value: float | int = 0) ->
     return torch.cat([x, x.new_full(shape, value)], dim=dim)
 
 
-def pad_gate_up(w: torch.Tensor, order: str, multiple: int, dim: int = -2, value: float | int = 0) -> torch.Tensor:
+def pad_gate_up(w: torch.Tensor, order: GateUpOrder | str, multiple: int, dim: int = -2, value: float | int = 0) -> torch.Tensor:
     """Pad gate and up halves of a fused tensor separately to a multiple along ``dim``.
 
     Source: FlashInfer SM90 W4A16 contract (each of gate/up padded to the padded intermediate size).

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from references.activations import SwigluParams
-from references.layouts import (sm90_deinterleave_fp4_weights, sm90_deinterleave_scales,
+from references.activations import Precision, SwigluParams
+from references.formats import WEIGHT_FORMATS, QTensor
+from references.layouts import (GateUpOrder, sm90_deinterleave_fp4_weights, sm90_deinterleave_scales,
                                 sm90_interleave_fp4_weights, sm90_interleave_scales)
-from references.moe import moe_forward
+from references.moe import Experts, MoEConfig, moe_forward
 
 
 @dataclass
@@ -63,10 +64,11 @@ def install_fake_flashinfer(monkeypatch, sources=()):
         a = kw.get("swiglu_alpha")
         act = SwigluParams() if a is None else SwigluParams(float(a[0]), float(kw["swiglu_beta"][0]),
                                                             None if torch.isinf(kw["swiglu_limit"][0]) else float(kw["swiglu_limit"][0]))
-        out = moe_forward(x, kw["token_selected_experts"].long(), kw["token_final_scales"],
-                          sm90_deinterleave_fp4_weights(w1), sm90_deinterleave_fp4_weights(w2), fmt="mxfp4",
-                          w1_scale=s1, w2_scale=s2, b1=kw.get("fc1_expert_biases"), b2=kw.get("fc2_expert_biases"),
-                          gate_up_order="up_gate", activation=act, precision="kernel")
+        ex = Experts(WEIGHT_FORMATS["mxfp4"], QTensor(sm90_deinterleave_fp4_weights(w1), s1),
+                     QTensor(sm90_deinterleave_fp4_weights(w2), s2), kw.get("fc1_expert_biases"),
+                     kw.get("fc2_expert_biases"), GateUpOrder.UP_GATE)
+        out = moe_forward(x, kw["token_selected_experts"].long(), kw["token_final_scales"], ex,
+                          MoEConfig(activation=act, precision=Precision.KERNEL))
         return [out.to(kw["output_dtype"])]
 
     fm.interleave_moe_weights_for_sm90_mixed_gemm = interleave_w

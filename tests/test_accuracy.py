@@ -5,13 +5,15 @@ Gated backends skip with their reason; a failing row fails its item with the ver
 
 import pytest
 
-from harness.runner import CaseContext, run_one
+from harness.cases import CaseContext
+from harness.results import Status
+from harness.runner import run_one
 
 
 def test_case(moeacc_case, moeacc_backend, moeacc_device, moeacc_record):
     device, kind = moeacc_device
     row = run_one(moeacc_backend, CaseContext(moeacc_case, device), kind)
     moeacc_record(row)
-    if row["status"] == "skipped":
-        pytest.skip(row["message"])
-    assert row["status"] == "pass", f"{row['status']}: {row['message']}  (repro: {row['repro']})"
+    if row.status is Status.SKIPPED:
+        pytest.skip(row.message)
+    assert row.status is Status.PASS, f"{row.status.value}: {row.message}  (repro: {row.repro})"

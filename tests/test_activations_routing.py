@@ -48,7 +48,7 @@ def test_kernel_precision_rounds_to_input_dtype():
     assert k.dtype == torch.bfloat16 and f.dtype == torch.float32
     rel = ((k.float() - f).norm() / f.norm()).item()
     assert 0 < rel < 0.01  # different rounding, same function
-    with pytest.raises(ValueError, match="unknown precision"):
+    with pytest.raises(ValueError, match="'fp16' is not a valid Precision"):
         swiglu(g, u, GPT_OSS, "fp16")
 
 

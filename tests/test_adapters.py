@@ -8,12 +8,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness.backends import adapters as A
+from harness.backends import aiter as _aiter, deepgemm as _deepgemm, sglang as _sglang, triton_kernels as _tk, vllm as _vllm
+from harness.backends.flashinfer import trtllm_gen as _trtllm
 from harness.cases import load_cases
-from harness.runner import CaseContext, run_one
+from harness.cases import CaseContext
+from harness.runner import run_one
 from references import formats as F
+from references.formats import WEIGHT_FORMATS, ActQuant, QTensor
 from references.layouts import aiter_unshuffle_weight, aiter_shuffle_weight, split_gate_up
-from references.moe import dequantize_weight, moe_forward
+from references.moe import Experts, MoEConfig, moe_forward
+
+A = SimpleNamespace(TritonFusedExperts=_vllm.TritonFusedExperts, SglangFusedExperts=_sglang.SglangFusedExperts,
+                    DeepGemmFp8=_deepgemm.DeepGemmFp8, AiterMxfp4=_aiter.AiterMxfp4, TritonKernelsMxfp4=_tk.TritonKernelsMxfp4,
+                    FlashInferTrtllmGenMxfp4=_trtllm.FlashInferTrtllmGenMxfp4)
+
+
+def _mf(x, ids, tw, w1, w2, fmt, s1=None, s2=None, order="gate_up", **cfg):
+    f = WEIGHT_FORMATS[fmt]
+    return moe_forward(x, ids, tw, Experts(f, QTensor(w1, s1), QTensor(w2, s2), order=order), MoEConfig(**cfg))
 
 
 def fake_module(monkeypatch, name, **attrs):
@@ -60,14 +72,14 @@ def test_triton_fused_experts_contract(monkeypatch, cls, module):
     def fused_experts(x, w1, w2, topk_weights, topk_ids, inplace, activation, use_fp8_w8a8, w1_scale, w2_scale, block_shape):
         calls.append(dict(w1=w1, ids=topk_ids, fp8=use_fp8_w8a8, block=block_shape, act=activation, inplace=inplace))
         fmt = "fp8_block" if use_fp8_w8a8 else "bf16"
-        return moe_forward(x, topk_ids.long(), topk_weights, w1, w2, fmt=fmt, w1_scale=w1_scale, w2_scale=w2_scale,
-                           act_quant="fp8_group" if use_fp8_w8a8 else None, gate_up_order="gate_up").to(x.dtype)
+        return _mf(x, topk_ids.long(), topk_weights, w1, w2, fmt, w1_scale, w2_scale,
+                   act_quant=ActQuant.FP8_GROUP if use_fp8_w8a8 else None).to(x.dtype)
 
     for i, part in enumerate(module.split(".")):
         fake_module(monkeypatch, ".".join(module.split(".")[: i + 1]))
     fake_module(monkeypatch, module, fused_experts=fused_experts)
     row = run_one(open_gate(cls), CaseContext(case("w8a8-fp8-block-small"), "cpu"), "sm90")
-    assert row["status"] == "pass", row["message"]
+    assert row.status.value == "pass", row.message
     c = calls[0]
     assert c["fp8"] and c["block"] == [128, 128] and c["ids"].dtype == torch.int32 and c["act"] == "silu" and not c["inplace"]
     # gated on plain silu and W8A8 pairing
@@ -91,7 +103,7 @@ def test_deepgemm_contiguous_layout_and_result(monkeypatch):
 
     fake_module(monkeypatch, "deep_gemm", m_grouped_fp8_gemm_nt_contiguous=m_grouped)
     row = run_one(open_gate(A.DeepGemmFp8), CaseContext(case("w8a8-fp8-block-small"), "cpu"), "sm90")
-    assert row["status"] == "pass", row["message"]
+    assert row.status.value == "pass", row.message
     # every group of the contiguous layout starts on a 128-row boundary
     m = seen[0]
     starts = (m[1:] != m[:-1]).nonzero().flatten() + 1
@@ -100,7 +112,7 @@ def test_deepgemm_contiguous_layout_and_result(monkeypatch):
 
 def test_deepgemm_permutation_is_complete():
     ids = torch.tensor([[0, 2], [2, 1], [0, 0]])
-    src, m = A.DeepGemmFp8.permute(ids, 3, align=4)
+    src, m = _deepgemm.contiguous_layout(ids, 3, align=4)
     assert sorted(src[src >= 0].tolist()) == list(range(6))
     assert m.tolist()[:4] == [0, 0, 0, -1] and len(m) == 12
 
@@ -110,9 +122,8 @@ def test_aiter_shuffles_and_flags(monkeypatch):
 
     def fused_moe(x, w1, w2, tw, ti, quant_type, activation, w1_scale, w2_scale):
         seen.update(s1=getattr(w1, "is_shuffled", False), s2=getattr(w2, "is_shuffled", False), qt=quant_type, act=activation)
-        out = moe_forward(x, ti.long(), tw, aiter_unshuffle_weight(w1), aiter_unshuffle_weight(w2), fmt="mxfp4",
-                          w1_scale=w1_scale, w2_scale=w2_scale, gate_up_order="gate_up", precision="kernel",
-                          activation=ctx.case.swiglu)
+        out = _mf(x, ti.long(), tw, aiter_unshuffle_weight(w1), aiter_unshuffle_weight(w2), "mxfp4", w1_scale, w2_scale,
+                  precision=__import__("references.activations").activations.Precision.KERNEL, activation=ctx.case.swiglu)
         return out.to(x.dtype)
 
     fake_module(monkeypatch, "aiter", QuantType=SimpleNamespace(per_1x32="per_1x32"),
@@ -122,7 +133,7 @@ def test_aiter_shuffles_and_flags(monkeypatch):
     fake_module(monkeypatch, "aiter.fused_moe", fused_moe=fused_moe)
     ctx = CaseContext(case("swiglu-clamp-probe"), "cpu")
     row = run_one(open_gate(A.AiterMxfp4), ctx, "gfx950")
-    assert row["status"] == "pass", row["message"]
+    assert row.status.value == "pass", row.message
     assert seen == {"s1": True, "s2": True, "qt": "per_1x32", "act": "swiglu"}
 
 
@@ -149,7 +160,7 @@ def test_triton_kernels_passes_interleaved_rows_and_swiglu_params(monkeypatch):
     first = rec["calls"][0]
     assert first["fused"].params == (1.702, 7.0) and first["fused"].spec.names == ("alpha", "limit")
     g, u = split_gate_up(first["w"].transpose(-2, -1), "interleaved")
-    assert torch.equal(g, split_gate_up(data.weights.w1, data.weights.order)[0])
+    assert torch.equal(g, split_gate_up(data.experts.w1.data, data.experts.order)[0])
 
 
 def test_trtllm_gen_passes_contract_shapes(monkeypatch):

@@ -5,7 +5,11 @@ import textwrap
 import pytest
 import torch
 
-from harness.cases import Case, CaseError, load_case_file, load_cases, make_inputs, reference_output
+from harness.cases import CaseError, case_to_yaml, load_case_file, load_cases, make_inputs, reference_output, validate_case
+
+
+def case(**kw):
+    return validate_case(kw, "test")
 
 
 def write(tmp_path, text, name="c.yaml"):
@@ -77,20 +81,20 @@ def test_missing_field_and_duplicates(tmp_path):
 
 
 def test_inputs_are_deterministic_and_seed_dependent():
-    c = Case(name="x", tokens=8, hidden=128, intermediate=64, experts=4, topk=2, bias=True, activation="gpt_oss")
+    c = case(name="x", tokens=8, hidden=128, intermediate=64, experts=4, topk=2, bias=True, activation="gpt_oss")
     a, b = make_inputs(c), make_inputs(c)
-    assert torch.equal(a.x, b.x) and torch.equal(a.weights.w1, b.weights.w1) and torch.equal(a.topk_ids, b.topk_ids)
+    assert torch.equal(a.x, b.x) and torch.equal(a.experts.w1.data, b.experts.w1.data) and torch.equal(a.topk_ids, b.topk_ids)
     from dataclasses import replace
     d = make_inputs(replace(c, seed=1))
-    assert not torch.equal(a.x, d.x) and not torch.equal(a.weights.w1, d.weights.w1)
+    assert not torch.equal(a.x, d.x) and not torch.equal(a.experts.w1.data, d.experts.w1.data)
     # weights do not depend on tokens: a grid over tokens reuses them
     e = make_inputs(replace(c, tokens=3))
-    assert torch.equal(e.weights.w1, a.weights.w1)
+    assert torch.equal(e.experts.w1.data, a.experts.w1.data)
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "fp8_block", "bf16", "mxfp8"])
 def test_every_format_builds_and_has_a_reference(fmt):
-    c = Case(name="x", tokens=5, hidden=128, intermediate=128, experts=3, topk=2, weight_format=fmt,
+    c = case(name="x", tokens=5, hidden=128, intermediate=128, experts=3, topk=2, weight_format=fmt,
              act_quant="fp8_group" if fmt == "fp8_block" else None, shared_expert=True, routed_scaling_factor=2.0)
     d = make_inputs(c)
     r = reference_output(d)
@@ -98,8 +102,16 @@ def test_every_format_builds_and_has_a_reference(fmt):
 
 
 def test_checkpoint_layout_interleaved_rows():
-    c = Case(name="x", tokens=5, hidden=128, intermediate=64, experts=2, topk=1, checkpoint_layout="interleaved")
-    g = Case(name="x", tokens=5, hidden=128, intermediate=64, experts=2, topk=1, checkpoint_layout="gate_up")
+    c = case(name="x", tokens=5, hidden=128, intermediate=64, experts=2, topk=1, checkpoint_layout="interleaved")
+    g = case(name="x", tokens=5, hidden=128, intermediate=64, experts=2, topk=1, checkpoint_layout="gate_up")
     a, b = make_inputs(c), make_inputs(g)
-    assert torch.equal(a.weights.w1[:, 0::2], b.weights.w1[:, :64])
+    assert torch.equal(a.experts.w1.data[:, 0::2], b.experts.w1.data[:, :64])
     assert torch.allclose(reference_output(a), reference_output(b))
+
+
+@pytest.mark.parametrize("name", ["w4a16-gptoss-small", "w8a8-fp8-block-ue8m0-small", "w4a16-dsv4-small", "nvfp4-small"])
+def test_case_yaml_round_trip(name):
+    """A case written back as YAML (repro files) validates to the same case."""
+    from dataclasses import replace
+    (c,) = load_cases(["cases"], name)
+    assert replace(validate_case(case_to_yaml(c), "round trip"), file=c.file) == c

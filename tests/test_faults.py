@@ -7,11 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.backends import select_backends
+from harness.backends.registry import select_backends
 from harness.cases import load_cases
 from harness.diagnose import diagnose
-from harness.faults import FAULTS, FAULTS_BY_NAME, mutant, zoo_backends
-from harness.runner import CaseContext, run_one
+from harness.faults import FAULTS, FAULTS_BY_NAME
+from harness.families import mutant, zoo_backends
+from harness.cases import CaseContext
+from harness.runner import run_one
 
 SMOKE = load_cases(["cases/smoke.yaml"])
 EMULATED = [b for b in select_backends("emulated-*")]
@@ -30,7 +32,7 @@ def test_zoo_mutant_is_caught_and_named(zoo):
     for case in exercised:
         ctx = CaseContext(case, "cpu")
         row = run_one(zoo, ctx, "cpu")
-        assert row["status"] == "fail", f"{zoo.name} passed on {case.name}: {row['metrics']}"
+        assert row.status.value == "fail", f"{zoo.name} passed on {case.name}: {row.metrics}"
         d = diagnose(zoo, ctx)
         assert d.best == zoo.fault.name, f"{case.name}: diagnosed {d.best}: {d.conclusion}"
         assert d.conclusion.startswith("output matches the reference if ")
@@ -69,7 +71,7 @@ def test_unexplained_failure_is_said_plainly():
 def test_correct_backends_pass_across_seeds(seed, backend, case):
     case = replace(case, seed=seed)
     row = run_one(backend, CaseContext(case, "cpu"), "cpu")
-    assert row["status"] in ("pass", "skipped"), f"false positive: {backend.name} on {case.name} seed {seed}: {row['message']}"
+    assert row.status.value in ("pass", "skipped"), f"false positive: {backend.name} on {case.name} seed {seed}: {row.message}"
 
 
 def test_scale_interleave_fault_is_invisible_at_k_128():

@@ -24,7 +24,7 @@ def test_unswizzle_inverts_offset_formula():
     assert torch.equal(unswizzle_128x4(swizzle_128x4(t), 130, 6), t)
 
 
-@pytest.mark.parametrize("mode", F.SCALE_MODES)
+@pytest.mark.parametrize("mode", [m.value for m in F.ScaleMode])
 @pytest.mark.parametrize("swizzled", [False, True])
 def test_mode_match_identifies_mode_and_layout(mode, swizzled):
     g = torch.Generator().manual_seed(0)
@@ -39,5 +39,5 @@ def test_mode_match_identifies_mode_and_layout(mode, swizzled):
 
 def test_probes_skip_without_gpu():
     rows = run_probes(all_probes(), "cpu", "cpu", lambda r: None)
-    assert rows and all(r["status"] == "skipped" for r in rows)
-    assert {r["message"] for r in rows} <= {"needs sm90+, found cpu", "needs cuda, found cpu"}
+    assert rows and all(r.status.value == "skipped" for r in rows)
+    assert {r.message for r in rows} <= {"needs sm90+, found cpu", "needs cuda, found cpu"}

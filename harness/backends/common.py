@@ -1,50 +1,41 @@
-"""Helpers shared by backends: padding to a kernel multiple, the layer combine."""
+"""Preprocessing shared by backends: re-ordering fc1 rows, padding MX weights to a kernel multiple."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from harness.cases import CaseData
-from references.layouts import convert_gate_up, pad_dim, pad_gate_up
-from references.moe import dense_mlp
-from references.routing import combine_shared
+from references.formats import QTensor
+from references.layouts import GateUpOrder, convert_gate_up, pad_dim, pad_gate_up
+from references.moe import Experts
 
 
-def finish_layer(routed: torch.Tensor, data: CaseData) -> torch.Tensor:
-    """Caller-side combine the kernels leave to the framework: ``rsf * routed + shared``."""
-    w, c = data.weights, data.case
-    shared = None
-    if w.shared_w1 is not None:
-        shared = dense_mlp(data.x, w.shared_w1, w.shared_w2, activation=c.swiglu, intermediate_dtype=c.torch_dtype)
-    return combine_shared(routed, shared, c.routed_scaling_factor)
+def experts_in_order(ex: Experts, order: GateUpOrder) -> Experts:
+    """The same experts with fc1 weight, block scales and bias re-ordered to ``order``."""
+    conv = lambda t, dim=-2: None if t is None else convert_gate_up(t, ex.order, order, dim=dim)  # noqa: E731
+    w1 = QTensor(conv(ex.w1.data), conv(ex.w1.scale), ex.w1.global_scale)
+    return replace(ex, w1=w1, b1=conv(ex.b1, -1), order=order)
 
 
-def fc1_in_order(w, order: str):
-    """The fused fc1 weight, its block scales and its bias re-ordered from the checkpoint's gate/up
-    row order to ``order`` (absent scales/bias stay None)."""
-    conv = lambda t, dim=-2: None if t is None else convert_gate_up(t, w.order, order, dim=dim)  # noqa: E731
-    return conv(w.w1), conv(w.w1_scale), conv(w.b1, -1)
-
-
-def mx_weights_for_kernel(data: CaseData, order: str, multiple: int = 128, fp4: bool = True):
-    """fc1/fc2 MX weights, scales and biases in ``order`` with H and I padded to ``multiple``.
-
-    Returns ``(w1, s1, w2, s2, b1, b2)``; packed bytes pad with zero codes (value 0), scales with
-    127 (2^0) so padded blocks stay finite.
-    """
-    w = data.weights
-    per_byte = 2 if fp4 else 1
-    w1, s1, b1o = fc1_in_order(w, order)
-    w1 = pad_dim(pad_gate_up(w1, order, multiple), -1, multiple // per_byte)
-    s1 = pad_dim(pad_gate_up(s1, order, multiple, value=127), -1, multiple // 32, value=127)
-    w2 = pad_dim(pad_dim(w.w2, -2, multiple), -1, multiple // per_byte)
-    s2 = pad_dim(pad_dim(w.w2_scale, -2, multiple, value=127), -1, multiple // 32, value=127)
-    b1 = b2 = None
-    if w.b1 is not None:
-        b1 = pad_gate_up(b1o, order, multiple, dim=-1)
-        b2 = pad_dim(w.b2, -1, multiple)
-    return w1, s1, w2, s2, b1, b2
+def pad_mx_experts(ex: Experts, multiple: int = 128) -> Experts:
+    """MX experts with hidden and intermediate padded to ``multiple`` (gate and up halves each):
+    packed codes pad with 0 (value 0), E8M0 scales with 127 (2^0), so padded blocks stay finite."""
+    per_byte = 2 if ex.fmt.element == "e2m1" else 1
+    o = ex.order
+    w1 = QTensor(pad_dim(pad_gate_up(ex.w1.data, o, multiple), -1, multiple // per_byte),
+                 pad_dim(pad_gate_up(ex.w1.scale, o, multiple, value=127), -1, multiple // 32, value=127))
+    w2 = QTensor(pad_dim(pad_dim(ex.w2.data, -2, multiple), -1, multiple // per_byte),
+                 pad_dim(pad_dim(ex.w2.scale, -2, multiple, value=127), -1, multiple // 32, value=127))
+    b1 = None if ex.b1 is None else pad_gate_up(ex.b1, o, multiple, dim=-1)
+    b2 = None if ex.b2 is None else pad_dim(ex.b2, -1, multiple)
+    return replace(ex, w1=w1, w2=w2, b1=b1, b2=b2)
 
 
 def pad_tokens_hidden(x: torch.Tensor, multiple: int = 128) -> torch.Tensor:
     return pad_dim(x, -1, multiple)
+
+
+def first_output(out) -> torch.Tensor:
+    """Kernel ops that return ``[output]`` (or a tuple) give their first element; tensors pass through."""
+    return out[0] if isinstance(out, (list, tuple)) else out

@@ -18,7 +18,7 @@ def _require_sm90_flashinfer():
     if kind != "sm90":
         pytest.skip(f"needs sm90, found {kind}")
     pytest.importorskip("flashinfer", reason="flashinfer-python not installed")
-    from harness.backends.flashinfer_build import import_flashinfer
+    from harness.backends.flashinfer.build import import_flashinfer
     return import_flashinfer()
 
 
@@ -53,28 +53,28 @@ def test_scale_interleave_matches_flashinfer(shape, seed):
 def test_inputs_bit_identical_on_gpu():
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU, found cpu (torch sees no CUDA device)")
-    from harness.cases import Case, make_inputs
-    c = Case(name="x", tokens=9, hidden=256, intermediate=128, experts=4, topk=2, weight_format="mxfp4",
-             bias=True, activation="gpt_oss")
+    from harness.cases import make_inputs, validate_case
+    c = validate_case(dict(name="x", tokens=9, hidden=256, intermediate=128, experts=4, topk=2, weight_format="mxfp4",
+                           bias=True, activation="gpt_oss"), "test")
     a, b = make_inputs(c, "cpu"), make_inputs(c, "cuda")
     for name in ("x", "topk_ids", "topk_weights"):
         assert torch.equal(getattr(a, name), getattr(b, name).cpu())
-    for name in ("w1", "w2", "w1_scale", "w2_scale", "b1", "b2"):
-        assert torch.equal(getattr(a.weights, name), getattr(b.weights, name).cpu())
+    for ta, tb in ((a.experts.w1.data, b.experts.w1.data), (a.experts.w1.scale, b.experts.w1.scale),
+                   (a.experts.w2.data, b.experts.w2.data), (a.experts.w2.scale, b.experts.w2.scale),
+                   (a.experts.b1, b.experts.b1), (a.experts.b2, b.experts.b2)):
+        assert torch.equal(ta, tb.cpu())
 
 
 def test_exact_bf16_reference_path_matches_fp32_path():
     """The fast reference (bf16 GEMM, fp32 accumulate/output) equals the fp32 path up to summation order."""
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU, found cpu (torch sees no CUDA device)")
-    from harness.cases import Case, make_inputs
-    from references.moe import moe_forward
-    c = Case(name="x", tokens=64, hidden=512, intermediate=256, experts=8, topk=2, weight_format="mxfp4",
-             bias=True, activation="gpt_oss", input_scale=4.0)
+    from harness.cases import make_inputs, validate_case
+    from references.moe import MoEConfig, moe_forward
+    c = validate_case(dict(name="x", tokens=64, hidden=512, intermediate=256, experts=8, topk=2, weight_format="mxfp4",
+                           bias=True, activation="gpt_oss", input_scale=4.0), "test")
     d = make_inputs(c, "cuda")
-    w = d.weights
-    kw = dict(fmt="mxfp4", w1_scale=w.w1_scale, w2_scale=w.w2_scale, b1=w.b1, b2=w.b2, activation=c.swiglu)
-    fast = moe_forward(d.x, d.topk_ids, d.topk_weights, w.w1, w.w2, **kw)
-    slow = moe_forward(d.x, d.topk_ids, d.topk_weights, w.w1, w.w2, exact_bf16=False, **kw)
+    fast = moe_forward(d.x, d.topk_ids, d.topk_weights, d.experts, MoEConfig(activation=c.swiglu))
+    slow = moe_forward(d.x, d.topk_ids, d.topk_weights, d.experts, MoEConfig(activation=c.swiglu, exact_bf16=False))
     rel = ((fast - slow).norm() / slow.norm()).item()
     assert rel < 1e-5, rel

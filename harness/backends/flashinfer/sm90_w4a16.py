@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import torch
 
-from harness.backends import Requirements
-from harness.backends.emulated import EmulatedSm90W4A16, Sm90W4A16Buffers
-from harness.backends.flashinfer_build import import_flashinfer
+from harness.backends.base import Requirements
+from harness.backends.common import first_output
+from harness.backends.emulated import MXFP4, EmulatedSm90W4A16, Sm90W4A16Buffers
+from harness.backends.flashinfer import PACKAGE
+from harness.backends.flashinfer.build import import_flashinfer
 from harness.cases import CaseData
-
-FLASHINFER = {"flashinfer-python": ("flashinfer", "0.6.12")}
+from harness.families import SM90_W4A16
 
 
 class FlashInferSm90W4A16(EmulatedSm90W4A16):
     name = "flashinfer-sm90-w4a16"
     description = "FlashInfer SM90 cutlass W4A16 MXFP4 fused MoE (bf16 x MXFP4, per-expert SwiGLU alpha/beta/limit)"
-    requirements = Requirements(devices=("sm90",), packages=FLASHINFER, formats=("mxfp4",), act_quants=(None,))
+    requirements = Requirements(devices=("sm90",), packages=PACKAGE, formats=(MXFP4,), act_quants=(None,))
+    family = SM90_W4A16
     verified = "h100"  # reports/sm90-nvidia-h100-80gb-hbm3/h100-20261122
     # the real kernel's activation cannot be swapped: only preprocessing/combine hooks apply
-    hooks = ("interleave_weights", "interleave_scales", "fc1_order", "swiglu_tensors", "transform_mx", "combine")
+    hooks = tuple(h for h in EmulatedSm90W4A16.hooks if h is not EmulatedSm90W4A16.activation_fn)
     kernel = "flashinfer.fused_moe.cutlass_fused_moe(use_w4_group_scaling=True)"
 
     def interleave_weights(self, w: torch.Tensor) -> torch.Tensor:
@@ -48,8 +50,7 @@ class FlashInferSm90W4A16(EmulatedSm90W4A16):
             swiglu_limit=p.limit,
             use_w4_group_scaling=True,
         )
-        out = out[0] if isinstance(out, (list, tuple)) else out  # the op returns [output]
-        return self.combine(out[:, : p.hidden].float(), data).to(data.case.torch_dtype)
+        return self.combine(first_output(out)[:, : p.hidden].float(), data).to(data.case.dtype)
 
     def notes(self) -> dict:
         import importlib.metadata
@@ -58,4 +59,4 @@ class FlashInferSm90W4A16(EmulatedSm90W4A16):
         except importlib.metadata.PackageNotFoundError:
             version = "unknown (no package metadata)"
         return {"flashinfer": version,
-                "build": "trimmed SM90 W4A16 JIT module (harness.backends.flashinfer_build)"}
+                "build": "trimmed SM90 W4A16 JIT module (harness.backends.flashinfer.build)"}

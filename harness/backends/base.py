@@ -1,0 +1,124 @@
+"""The backend API: what a backend needs (:class:`Requirements`), its two steps (``prepare`` turns
+the case's canonical weights into the kernel's own layout with the kernel library's helpers;
+``run`` calls the kernel), its gates, and the contract family it belongs to (:class:`Family`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from harness.cases import Case, CaseData, Routing
+from harness.device import kind_matches
+from references.formats import WEIGHT_FORMATS, ActQuant, Fp8Scale, ScaleMode, WeightFormat
+
+ALL_FORMATS: tuple[WeightFormat, ...] = tuple(WEIGHT_FORMATS.values())
+
+
+@dataclass(frozen=True)
+class Requirements:
+    devices: tuple = ("any",)            # cpu, cuda, sm90, sm90+, sm100, sm100+, sm120, gfx942, gfx950, rocm, any
+    packages: dict = field(default_factory=dict)   # distribution -> (import name, minimum version or "")
+    formats: tuple[WeightFormat, ...] = ALL_FORMATS
+    act_quants: tuple[ActQuant | None, ...] = (None,)
+    swiglu: bool = True                  # alpha/beta/limit supported (else plain silu only)
+    bias: bool = True
+    shared_expert: bool = True
+    routings: tuple[Routing, ...] = tuple(Routing)
+    k_multiple: int = 1                  # hidden and intermediate must be multiples (after any padding)
+    fp8_scales: tuple[Fp8Scale, ...] = tuple(Fp8Scale)
+    scale_modes: tuple[ScaleMode, ...] = tuple(ScaleMode)
+    min_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kernel contract: its pure-PyTorch twin (the emulated backend that models it) and the
+    faults that can break it. Real kernels and their twin share one family; the zoo mutates the
+    twin, and diagnosis runs the twin with each fault as a hypothesis."""
+
+    name: str
+    twin: type
+    faults: tuple = ()
+
+
+class Backend:
+    """Base class. Subclasses set the class attributes and implement ``prepare`` and ``run``."""
+
+    name: str = "?"
+    description: str = ""
+    requirements: Requirements = Requirements()
+    family: Family | None = None
+    hooks: tuple[Callable, ...] = ()   # the overridable steps (methods) this backend honours
+    verified: str = "unverified"       # "cpu" (pure torch), "h100" (a committed H100 report), "unverified"
+    kernel: str = ""                   # the library entry point it calls
+
+    def device_gate(self, kind: str) -> str | None:
+        """None if this device kind can run the backend, else the reason."""
+        r = self.requirements
+        if not kind_matches(kind, r.devices):
+            return f"needs {' or '.join(r.devices)}, found {kind}"
+        for dist, (mod, minv) in r.packages.items():
+            if importlib.util.find_spec(mod) is None:
+                return f"{dist} not installed"
+            if minv:
+                try:
+                    have = importlib.metadata.version(dist)
+                except importlib.metadata.PackageNotFoundError:
+                    continue
+                if version_tuple(have) < version_tuple(minv):
+                    return f"needs {dist}>={minv}, found {have}"
+        return None
+
+    def case_gate(self, case: Case) -> str | None:
+        """None if the backend supports this case, else the reason."""
+        for check in _CASE_CHECKS:
+            why = check(self.requirements, case)
+            if why:
+                return why
+        return None
+
+    def prepare(self, data: CaseData, device: str) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def run(self, prepared: Any, data: CaseData) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def notes(self) -> dict:
+        """Facts for the report (e.g. the library version and build a kernel ran from)."""
+        return {}
+
+
+def _names(xs) -> str:
+    return ", ".join(str(x.name) for x in xs)
+
+
+_CASE_CHECKS: tuple[Callable[[Requirements, Case], str | None], ...] = (
+    lambda r, c: None if c.weight_format in r.formats else
+    f"weight format {c.weight_format.name} not supported (supports {_names(r.formats)})",
+    lambda r, c: None if c.act_quant in r.act_quants else
+    f"activation quantization {c.act_quant.value if c.act_quant else 'none'} not supported",
+    lambda r, c: None if r.swiglu or c.swiglu.is_plain else "SwiGLU alpha/beta/limit not supported (plain silu only)",
+    lambda r, c: "biases not supported" if c.bias and not r.bias else None,
+    lambda r, c: "shared expert not supported" if c.shared_expert and not r.shared_expert else None,
+    lambda r, c: None if c.routing in r.routings else f"routing {c.routing.value} not supported",
+    lambda r, c: f"fp8 {c.fp8_scale.value} scales not supported"
+    if c.weight_format.name == "fp8_block" and c.fp8_scale not in r.fp8_scales else None,
+    lambda r, c: f"E8M0 scale mode {c.scale_mode.value} not supported"
+    if c.weight_format.name in ("mxfp4", "mxfp8") and c.scale_mode not in r.scale_modes else None,
+    lambda r, c: next((f"{f}={getattr(c, f)} is not a multiple of {r.k_multiple}"
+                       for f in ("hidden", "intermediate") if getattr(c, f) % r.k_multiple), None),
+    lambda r, c: f"needs at least {r.min_tokens} tokens" if c.tokens < r.min_tokens else None,
+)
+
+
+def version_tuple(v: str) -> tuple:
+    out = []
+    for part in v.split("+")[0].split("."):
+        num = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(num) if num else 0)
+    return tuple(out)

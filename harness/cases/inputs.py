@@ -1,0 +1,162 @@
+"""Seeded inputs of a case and its reference output.
+
+Inputs are generated on the CPU from the case seed and then moved, so the same seed gives
+bit-identical inputs on every device. Weights depend only on the shape, format and seed (not on
+tokens, top-k or activation), so a grid over those reuses one set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from harness.cases.schema import Case, Routing
+from references.activations import Precision
+from references.formats import QTensor, QuantRecipe
+from references.layouts import fuse_gate_up
+from references.moe import Experts, MoEConfig, SharedExpert, dense_mlp, moe_forward
+from references.routing import combine_shared, grouped_topk, softmax_topk, topk_softmax
+
+
+@dataclass
+class CaseData:
+    """Everything a backend needs for one case: activations, routing, canonical weights."""
+
+    case: Case
+    x: torch.Tensor
+    router_logits: torch.Tensor
+    topk_weights: torch.Tensor
+    topk_ids: torch.Tensor
+    experts: Experts                  # checkpoint form: fc1 rows in case.checkpoint_layout
+    shared: SharedExpert | None = None
+
+    def to(self, device) -> "CaseData":
+        mv = lambda t: t.to(device)  # noqa: E731
+        ex = self.experts
+        experts = replace(ex, w1=ex.w1.map(mv), w2=ex.w2.map(mv), b1=None if ex.b1 is None else mv(ex.b1),
+                          b2=None if ex.b2 is None else mv(ex.b2))
+        shared = None if self.shared is None else SharedExpert(mv(self.shared.w1), mv(self.shared.w2))
+        return replace(self, x=mv(self.x), router_logits=mv(self.router_logits), topk_weights=mv(self.topk_weights),
+                       topk_ids=mv(self.topk_ids), experts=experts, shared=shared)
+
+
+def _fuse(a: QTensor, b: QTensor, order) -> QTensor:
+    pick = lambda f: None if getattr(a, f) is None else fuse_gate_up(getattr(a, f), getattr(b, f), order)  # noqa: E731
+    return QTensor(pick("data"), pick("scale"), pick("global_scale"))
+
+
+def _cat(parts: list[QTensor]) -> QTensor:
+    cat = lambda f: None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts])  # noqa: E731
+    return QTensor(cat("data"), cat("scale"), cat("global_scale"))
+
+
+_WEIGHT_CACHE: dict[tuple, tuple] = {}
+
+
+def _weight_key(c: Case) -> tuple:
+    return (c.seed, c.hidden, c.intermediate, c.experts, c.weight_format.name, c.scale_mode, c.fp8_scale,
+            c.checkpoint_layout, c.bias, c.shared_expert, c.dtype, c.weight_scale)
+
+
+def make_weights(case: Case) -> tuple[Experts, SharedExpert | None]:
+    """Canonical weights from the case seed, generated and quantized one expert at a time so
+    model-sized cases stay within memory (cached in-process: a few small sets, one large)."""
+    key = _weight_key(case)
+    if key in _WEIGHT_CACHE:
+        return _WEIGHT_CACHE[key]
+    g = torch.Generator().manual_seed(case.seed * 1_000_003 + 17)
+    fmt, order, dt = case.weight_format, case.checkpoint_layout, case.dtype
+    recipe = QuantRecipe(case.scale_mode, case.fp8_scale, dt)
+    H, I, E = case.hidden, case.intermediate, case.experts
+    s1, s2 = case.weight_scale / math.sqrt(H), case.weight_scale / math.sqrt(I)
+    parts1, parts2 = [], []
+    for _ in range(E):
+        gate = torch.randn(1, I, H, generator=g) * s1
+        up = torch.randn(1, I, H, generator=g) * s1
+        down = torch.randn(1, H, I, generator=g) * s2
+        if fmt.per_tensor_scale:  # one global scale over the fused gate/up tensor
+            parts1.append(fmt.quantize(fuse_gate_up(gate, up, order), recipe))
+        else:
+            parts1.append(_fuse(fmt.quantize(gate, recipe), fmt.quantize(up, recipe), order))
+        parts2.append(fmt.quantize(down, recipe))
+    b1 = b2 = shared = None
+    if case.bias:
+        b1 = (torch.randn(E, 2 * I, generator=g) * 0.5).to(dt)
+        b2 = (torch.randn(E, H, generator=g) * 0.5).to(dt)
+    if case.shared_expert:
+        shared = SharedExpert((torch.randn(2 * I, H, generator=g) * s1).to(dt), (torch.randn(H, I, generator=g) * s2).to(dt))
+    out = (Experts(fmt, _cat(parts1), _cat(parts2), b1, b2, order), shared)
+    small = out[0].w1.data.numel() + out[0].w2.data.numel() < 2**24
+    if not small or len(_WEIGHT_CACHE) >= 16:
+        _WEIGHT_CACHE.clear()
+    _WEIGHT_CACHE[key] = out
+    return out
+
+
+def _route(case: Case, logits: torch.Tensor, g: torch.Generator):
+    if case.routing is Routing.SOFTMAX:
+        return softmax_topk(logits, case.topk, case.renormalize)
+    if case.routing is Routing.TOPK_SOFTMAX:
+        return topk_softmax(logits, case.topk)
+    bias = torch.randn(case.experts, generator=g) * 0.1
+    return grouped_topk(logits, case.topk, case.n_group, case.topk_group, bias, case.renormalize, 1.0)
+
+
+def make_inputs(case: Case, device: str | torch.device = "cpu") -> CaseData:
+    """Deterministic inputs from ``case.seed`` (generated on the CPU, then moved to ``device``)."""
+    g = torch.Generator().manual_seed(case.seed)
+    T, H, E = case.tokens, case.hidden, case.experts
+    x = torch.randn(T, H, generator=g) * case.input_scale
+    if case.outliers:
+        x[:, torch.randperm(H, generator=g)[: max(1, int(case.outliers * H))]] *= 20.0
+    x = x.to(case.dtype)
+    logits = torch.randn(T, E, generator=g)
+    if case.skew:
+        logits = logits + case.skew * torch.arange(E - 1, -1, -1, dtype=torch.float32) / E
+    tw, ti = _route(case, logits, g)
+    experts, shared = make_weights(case)
+    data = CaseData(case, x, logits, tw, ti, experts, shared)
+    return data.to(device) if str(device) != "cpu" else data
+
+
+Combine = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
+
+
+def layer_output(routed: torch.Tensor, data: CaseData, combine: Combine = combine_shared) -> torch.Tensor:
+    """The layer output from the routed experts' sum: ``rsf * routed + shared`` (the caller-side
+    combine kernels leave to the framework); ``combine`` replaces the rule (fault hypotheses)."""
+    c = data.case
+    shared = None if data.shared is None else dense_mlp(data.x, data.shared, c.swiglu, c.dtype)
+    return combine(routed, shared, c.routed_scaling_factor)
+
+
+def moe_config(case: Case, precision: Precision = Precision.FP32, **kw) -> MoEConfig:
+    """The reference configuration a case specifies (activation, act quant, intermediate dtype)."""
+    return MoEConfig(activation=case.swiglu, precision=precision, act_quant=case.act_quant,
+                     intermediate_dtype=case.dtype, **kw)
+
+
+def reference_output(data: CaseData, precision: Precision = Precision.FP32) -> torch.Tensor:
+    """The layer output the case specifies, in fp32: ``rsf * routed + shared``."""
+    routed = moe_forward(data.x, data.topk_ids, data.topk_weights, data.experts, moe_config(data.case, precision))
+    return layer_output(routed, data)
+
+
+@dataclass
+class CaseContext:
+    """Inputs and reference of one case on one device, made lazily once and shared by its backends."""
+
+    case: Case
+    device: str
+    data: CaseData | None = None
+    ref: torch.Tensor | None = None
+    last_out: torch.Tensor | None = None  # the latest backend output, so a diagnosis need not re-run it
+
+    def ensure(self) -> tuple[CaseData, torch.Tensor]:
+        if self.data is None:
+            self.data = make_inputs(self.case, self.device)
+            self.ref = reference_output(self.data)
+        return self.data, self.ref

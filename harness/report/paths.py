@@ -1,0 +1,58 @@
+"""Keep the machine out of reports: absolute paths become project-relative, site-packages and
+home directories are named, not spelled out."""
+
+from __future__ import annotations
+
+import os
+import re
+import site
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _prefixes() -> list[tuple[str, str]]:
+    pairs = [(str(PROJECT_ROOT), ".")]
+    for p in {*site.getsitepackages(), site.getusersitepackages(), sysconfig.get_paths().get("purelib", "")}:
+        if p:
+            pairs.append((p, "<site-packages>"))
+    for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        pairs.append((p, "<python>"))
+    pairs += [(tempfile.gettempdir(), "<tmp>"), (os.path.expanduser("~"), "~")]
+    pairs = [(str(Path(a).resolve()) if Path(a).exists() else a, b) for a, b in pairs if a and a != "/"]
+    return sorted(set(pairs), key=lambda ab: -len(ab[0]))
+
+
+_PAIRS: list[tuple[str, str]] | None = None
+
+
+def scrub_text(s: str) -> str:
+    """``s`` with every known machine prefix replaced by its name."""
+    global _PAIRS
+    if _PAIRS is None:
+        _PAIRS = _prefixes()
+    for prefix, name in _PAIRS:
+        s = s.replace(prefix, name)
+    return s
+
+
+def scrub(obj):
+    """Scrub every string in a JSON-able value."""
+    if isinstance(obj, str):
+        return scrub_text(obj)
+    if isinstance(obj, list):
+        return [scrub(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: scrub(v) for k, v in obj.items()}
+    return obj
+
+
+ABSOLUTE = re.compile(r"(?<![\w.~<>-])/(?:home|root|tmp|work|opt|usr|var|mnt|Users|private)/[^\s\"']+")
+
+
+def absolute_paths(text: str) -> list[str]:
+    """Absolute filesystem paths left in ``text`` (for tests that reports hold none)."""
+    return ABSOLUTE.findall(text)
