@@ -194,4 +194,4 @@ def naive_moe_forward(x, topk_ids, topk_weights, w1_f32, w2_f32, *, b1=None, b2=
         if b2 is not None:
             y = y + b2[e].to(torch.float32)
         out[m] = y
-    return (out.view(t, k, -1) * topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)
+    return (out.view(t, k, out.shape[-1]) * topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)

@@ -84,3 +84,9 @@ def test_act_quant_changes_result_by_fp8_sized_amount():
         a8 = moe_forward(x, ids, w, ex, MoEConfig(act_quant=aq))
         rel = ((a8 - a16).norm() / a16.norm()).item()
         assert 1e-4 < rel < 0.08, aq
+
+
+def test_naive_loop_takes_zero_tokens():
+    x, ids, w, ex = _setup(6)
+    out = naive_moe_forward(x[:0], ids[:0], w[:0], ex.fmt.dequantize(ex.w1), ex.fmt.dequantize(ex.w2))
+    assert out.shape == (0, 128)
