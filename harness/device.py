@@ -18,8 +18,7 @@ def device_info(device: str = "auto") -> dict:
     dev = resolve_device(device)
     info = {"device": dev, "kind": "cpu", "name": platform.processor() or platform.machine(),
             "compute_capability": None, "gfx_arch": None, "driver": None,
-            "cuda": torch.version.cuda, "rocm": getattr(torch.version, "hip", None),
-            "host": platform.node()}
+            "cuda": torch.version.cuda, "rocm": getattr(torch.version, "hip", None)}
     if dev.startswith("cuda"):
         idx = torch.device(dev).index or 0
         props = torch.cuda.get_device_properties(idx)

@@ -3,11 +3,16 @@
 Options (all optional): ``--moeacc-cases PATH`` (repeatable; default the project's cases/),
 ``--moeacc-case GLOB``, ``--moeacc-backends GLOBS``, ``--moeacc-device auto|cpu|cuda``,
 ``--moeacc-tier smoke,gpu,nightly``, ``--moeacc-report DIR`` (results.json + report.md written at
-session end; with pytest-xdist each worker writes its rows and the controller merges them),
-``--moeacc-shard I/N`` (this runner's share of the case list; merge the runners' reports with
-``moeacc merge``). Items carry a marker per device kind a backend needs (``sm90``, ``sm100``,
-``rocm``, ``gpu``) so ``-m "not gpu"`` works.
+session end), ``--moeacc-shard I/N`` (this runner's share of the case list; merge the runners'
+reports with ``moeacc merge``). Items carry a marker per device kind a backend needs (``sm90``,
+``sm100``, ``rocm``, ``gpu``) so ``-m "not gpu"`` works; their id is ``<case>~<backend>``.
 A test asks for the ``moeacc_case`` and ``moeacc_backend`` arguments; see tests/test_accuracy.py.
+
+Crash protection comes from the well-kept plugins, not from a runner of ours: run with
+pytest-xdist (``-n 1`` or more: a worker that segfaults, aborts or is killed is replaced and the
+item fails) and pytest-timeout (``--timeout 600 --timeout-method=thread``: a hung item dumps its
+stacks and ends its worker). Each worker appends its rows to ``rows-<worker>.jsonl`` as they
+finish, so a crash loses none; the controller turns each crashed item into an ``error`` row.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import pytest
 
 _ROWS_KEY = pytest.StashKey[list]()
+ID_SEP = "~"
 
 
 def pytest_addoption(parser):
@@ -80,7 +86,7 @@ def pytest_generate_tests(metafunc):
         i, n = (int(v) for v in shard.split("/"))
         cases = cases[i::n]
     backends = select_backends(opt("moeacc_backends"))
-    params = [pytest.param(c, b, id=f"{c.name}-{b.name}", marks=_marks_for(b)) for c in cases for b in backends]
+    params = [pytest.param(c, b, id=f"{c.name}{ID_SEP}{b.name}", marks=_marks_for(b)) for c in cases for b in backends]
     metafunc.parametrize(("moeacc_case", "moeacc_backend"), params)
 
 
@@ -93,8 +99,17 @@ def moeacc_device(request):
 
 @pytest.fixture
 def moeacc_record(request):
-    """Call with a result row (a ResultRow); it lands in the session report."""
-    return lambda row: request.config.stash[_ROWS_KEY].append(row.to_json())
+    """Call with a result row (a ResultRow); it lands in the session report (a worker's rows are
+    appended to its own file at once, so a later crash of that worker loses none)."""
+    def record(row):
+        d = row.to_json()
+        request.config.stash[_ROWS_KEY].append(d)
+        out, wid = _report_dir(request.config), os.environ.get("PYTEST_XDIST_WORKER")
+        if out is not None and wid:
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / f"rows-{wid}.jsonl", "a") as f:
+                f.write(json.dumps(d) + "\n")
+    return record
 
 
 def _report_dir(config) -> Path | None:
@@ -102,24 +117,39 @@ def _report_dir(config) -> Path | None:
     return Path(d) if d else None
 
 
+def pytest_runtest_logreport(report):
+    """On the xdist controller: an item whose worker crashed (or was ended by pytest-timeout)
+    becomes an error row, since the worker never recorded one."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not report.failed or ID_SEP not in report.nodeid:
+        return
+    text = str(report.longrepr)
+    if "crashed" not in text:
+        return
+    param = report.nodeid.rsplit("[", 1)[-1].rstrip("]")
+    case, _, backend = param.partition(ID_SEP)
+    _CRASHED.append({"case": case, "backend": backend, "status": "error", "case_file": "", "metrics": None,
+                     "thresholds": None, "repro": "", "shape": "", "tags": [], "duration_s": 0.0, "diagnosis": None,
+                     "message": "worker died (pytest-xdist replaced it; a crash, or pytest-timeout ending a hang): "
+                                + " ".join(text.split())[:200]})
+
+
+_CRASHED: list[dict] = []
+
+
 def pytest_sessionfinish(session, exitstatus):
     out = _report_dir(session.config)
-    if out is None:
-        return
-    wid = os.environ.get("PYTEST_XDIST_WORKER")
+    if out is None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a worker's rows are in its rows-<worker>.jsonl already
     out.mkdir(parents=True, exist_ok=True)
-    if wid:  # a worker: leave its rows for the controller
-        (out / f"rows-{wid}.json").write_text(json.dumps(session.config.stash[_ROWS_KEY]))
-        return
     rows = list(session.config.stash[_ROWS_KEY])
-    for f in sorted(out.glob("rows-gw*.json")):
-        rows += json.loads(f.read_text())
+    for f in sorted(out.glob("rows-gw*.jsonl")):
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         f.unlink()
+    rows += _CRASHED
     from harness.device import device_info, package_versions, resolve_device
     from harness.report import RunWriter, new_document
     dev = resolve_device(session.config.getoption("moeacc_device"))
-    doc = new_document(device_info(dev), package_versions(), out.name, ["pytest"])
-    w = RunWriter(out, doc)
+    w = RunWriter(out, new_document(device_info(dev), package_versions(), out.name, ["pytest"]))
     for r in rows:
         w.add(r)
     w.close()

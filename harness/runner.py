@@ -46,17 +46,18 @@ def gate(backend: Backend, case: Case, device_kind: str) -> str | None:
     return why
 
 
-def new_row(backend: Backend, case: Case, device: str) -> ResultRow:
+def new_row(backend: str, case: Case, device: str) -> ResultRow:
+    """The row of ``backend`` (a name) on ``case`` before it runs: identity, thresholds, repro."""
     th = case.limits
-    return ResultRow(case=case.name, backend=backend.name, case_file=case.file,
-                     thresholds=th.__dict__ | {"rule": th.rule()}, repro=repro_command(case, backend.name, device),
+    return ResultRow(case=case.name, backend=backend, case_file=case.file,
+                     thresholds=th.__dict__ | {"rule": th.rule()}, repro=repro_command(case, backend, device),
                      shape=case.short(), tags=list(case.tags))
 
 
 def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=None) -> ResultRow:
     case = ctx.case
     ctx.last_out = None
-    row = new_row(backend, case, ctx.device)
+    row = new_row(backend.name, case, ctx.device)
     why = gate(backend, case, device_kind)
     if why:
         row.message = why
@@ -106,11 +107,17 @@ def _heatmap(out, ref, folder, case: str, backend: str) -> str | None:
 
 
 def run_case(case: Case, backends: list[Backend], device: str, device_kind: str, on_row: Callable[[ResultRow], None],
-             diagnose_failures: bool = False, heatmap_dir=None) -> list[ResultRow]:
-    """Every backend on one case (inputs and reference made once)."""
+             diagnose_failures: bool = False, heatmap_dir=None, on_start: Callable | None = None,
+             stop: Callable[[], bool] = lambda: False) -> list[ResultRow]:
+    """Every backend on one case (inputs and reference made once); ``on_start(case, backend)``
+    before each, and no further backend once ``stop()`` is true."""
     ctx = CaseContext(case, device)
     rows = []
     for b in backends:
+        if stop():
+            break
+        if on_start is not None:
+            on_start(case, b)
         row = run_one(b, ctx, device_kind, heatmap_dir)
         if diagnose_failures and row.status is Status.FAIL:
             row.diagnosis = diagnose_row(b, ctx)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import sys
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.cli.common import (backends_or_fail, cases_options, console, device_or_fail, fail, load, parse_tiers,
-                                split_backend_patterns)
+from harness.cli.common import cases_options, console, device_or_fail
+from harness.cli.execute import RunPlan, execute, open_writer, resume_writer, resumed_selection
 from harness.cli.tables import print_rows
 from harness.device import device_slug, package_versions
-from harness.report import ReportError, RunWriter, new_document
+from harness.report import new_document
 from harness.results import Status
 from harness.runner import run_matrix
 
@@ -31,38 +31,40 @@ from harness.runner import run_matrix
 @click.option("--probes/--no-probes", default=True, show_default=True,
               help="also run the single-kernel probes (quantizers, activations, FP8 GEMMs) whose gate passes")
 @click.option("--heatmaps", is_flag=True, help="write an error-structure PNG for each failing row into the run folder")
+@click.option("--isolate/--no-isolate", default=None,
+              help="run backends in worker processes, so a crash or hang costs only its row [default: on a GPU]")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds a row may take when isolated (0: no limit)")
+@click.option("--resume", "resume_dir", type=click.Path(), default=None,
+              help="finish an interrupted run: keep its rows, run the missing (case, backend) pairs")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, diagnose, code_under_test, probes,
-        heatmaps, quiet):
+        heatmaps, isolate, timeout, resume_dir, quiet):
     """Run cases against backends; write results.json + report.md; exit 1 if any row fails or errors."""
-    from harness.probes import all_probes, run_probes
+    if resume_dir:
+        sel = resumed_selection(resume_dir)
+        sel["cases"] = [str(Path(resume_dir) / p) for p in sel["cases"]]
+        cases_paths, pattern, tags, backends, tier = sel["cases"], sel["case"], sel["tag"], sel["backend"], sel["tier"]
+        device, probes, diagnose, heatmaps = sel["device"], sel["probes"], sel["diagnose"], sel["heatmaps"]
     dev, info = device_or_fail(device)
-    cases = load(cases_paths, pattern, tags, parse_tiers(tier, info["kind"]))
-    back_pats, probe_pats = split_backend_patterns(backends, [p.name for p in all_probes()])
-    chosen = [] if back_pats == "" else backends_or_fail(back_pats)
-    run_id = run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out_root) / device_slug(info) / run_id
-    try:
-        writer = RunWriter(out_dir, new_document(info, package_versions(), run_id, sys.argv, code_under_test))
-    except ReportError as e:
-        fail(str(e))
-    console.print(f"moeacc: {len(cases)} cases x {len(chosen)} backends on {info['kind']} ({info['name']}) -> {out_dir}",
+    plan = RunPlan.make(cases_paths, pattern, tags, backends, tier, info, probes)
+    if resume_dir:
+        out_dir, writer = Path(resume_dir), resume_writer(resume_dir)
+    else:
+        run_id = run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out_dir = Path(out_root) / device_slug(info) / run_id
+        doc = new_document(info, package_versions(), run_id, ["moeacc", *sys.argv[1:]], code_under_test)
+        # case paths relative to the run folder: no machine path in the report, and --resume finds them from anywhere
+        rel = [os.path.relpath(Path(p).resolve(), out_dir.resolve()) for p in cases_paths]
+        doc["selection"] = {"cases": rel, "case": pattern, "tag": list(tags), "backend": backends,
+                            "tier": tier, "device": device, "probes": probes, "diagnose": diagnose, "heatmaps": heatmaps}
+        writer = open_writer(out_dir, doc)
+    done = {(r["case"], r["backend"]) for r in writer.doc["rows"]}
+    isolate = info["kind"] != "cpu" if isolate is None else isolate
+    console.print(f"moeacc: {len(plan.cases)} cases x {len(plan.backends)} backends on {info['kind']} ({info['name']})"
+                  f"{', isolated' if isolate else ''}{f', resuming ({len(done)} rows kept)' if resume_dir else ''} -> {out_dir}",
                   highlight=False)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=quiet or not console.is_terminal, transient=True) as prog:
-        task = prog.add_task("running", total=len(cases) * len(chosen))
-
-        def on_row(row):
-            writer.add(row)
-            prog.update(task, advance=1, description=f"{row.case} / {row.backend}"[:60])
-
-        rows = run_matrix(cases, chosen, dev, info["kind"], on_row, diagnose_failures=diagnose,
-                          heatmap_dir=out_dir if heatmaps else None)
-        if probes:
-            import fnmatch
-            ps = [p for p in all_probes() if p.device_gate(info["kind"]) is None
-                  and any(fnmatch.fnmatchcase(p.name, pat) for pat in probe_pats)]
-            rows += run_probes(ps, dev, info["kind"], writer.add)
+    rows = execute(plan, dev, info, writer, done, isolate=isolate, timeout=timeout or None, diagnose=diagnose,
+                   heatmap_dir=out_dir if heatmaps else None, quiet=quiet)
     doc = writer.close()
     print_rows(rows)
     s = doc["summary"]["total"]

@@ -66,6 +66,9 @@ class WeightFormat:
     def __str__(self) -> str:
         return self.name
 
+    def __reduce__(self):  # pickled by name (worker processes): the registry holds the one object
+        return weight_format, (self.name,)
+
 
 def _mx(elem: Element):
     def quantize(w, r: QuantRecipe):

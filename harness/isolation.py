@@ -1,0 +1,216 @@
+"""Run cases x backends in worker processes, so a crash costs only its own row.
+
+A kernel can kill its process (segfault, ``abort()``), poison the CUDA context for everything after
+it (an illegal memory access), or hang. Each worker process (one per GPU where there are several)
+takes a case and its backends, makes the inputs and the reference once, and streams back a message
+before and after each row. The parent watches: a worker that dies or overruns the per-row timeout
+is killed, its row becomes an ``error`` with a one-line cause (``worker died: signal 11
+(SIGSEGV)``, ``timeout after 600 s``), a fresh worker is started, and the case's remaining
+backends go on there. A worker whose row ended in a CUDA error that poisons the context exits
+after reporting it, so the next row gets a clean process too.
+
+Workers start with ``spawn`` (safe with CUDA); they find backends by name through the registry
+(the entry points, and the fault zoo for ``zoo:`` names).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from harness.cases import Case
+from harness.results import ResultRow, Status
+
+# CUDA errors after which the context cannot be trusted (the CUDA runtime calls them "sticky")
+STICKY_CUDA = re.compile(r"illegal memory access|illegal instruction|misaligned address|device-side assert|"
+                         r"unspecified launch failure|an illegal|CUDA error: (?:launch failure|hardware)", re.I)
+
+
+@dataclass
+class Task:
+    case: Case
+    backends: list[str]
+    device: str
+    diagnose: bool = False
+    heatmap_dir: str | None = None
+    attempt: int = 0      # how many workers died on this case before any of these backends started
+
+
+def _worker_main(inbox, outbox, gpu: int | None) -> None:
+    """Worker loop: run tasks; report ``("start", case, backend)``, ``("row", ResultRow)``, ``("done",)``."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    from harness.backends.registry import select_backends
+    from harness.device import device_info
+    from harness.runner import run_case
+    parent = os.getppid()
+    while True:
+        try:
+            task: Task | None = inbox.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the parent was killed: do not linger
+                return
+            continue
+        if task is None:
+            return
+        kind = device_info(task.device)["kind"]
+        backends = [b for n in task.backends for b in select_backends(n)[:1]]
+        poisoned = []
+
+        def on_start(case, backend):
+            outbox.put(("start", case.name, backend.name))
+
+        def on_row(row):
+            outbox.put(("row", row))
+            if row.status is Status.ERROR and STICKY_CUDA.search(row.message):
+                poisoned.append(row.message)
+
+        run_case(task.case, backends, task.device, kind, on_row, task.diagnose, task.heatmap_dir,
+                 on_start=on_start, stop=lambda: bool(poisoned))
+        outbox.put(("done",))
+        if poisoned:
+            return  # exit: the CUDA context is not to be trusted after a sticky error
+
+
+def death_cause(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "worker died"
+    if exitcode < 0:
+        try:
+            return f"worker died: signal {-exitcode} ({signal.Signals(-exitcode).name})"
+        except ValueError:
+            return f"worker died: signal {-exitcode}"
+    return f"worker exited with code {exitcode}"
+
+
+@dataclass
+class Worker:
+    gpu: int | None
+    ctx: object
+    proc: object = None
+    inbox: object = None
+    outbox: object = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        self.inbox, self.outbox = self.ctx.Queue(), self.ctx.Queue()
+        self.proc = self.ctx.Process(target=_worker_main, args=(self.inbox, self.outbox, self.gpu), daemon=True)
+        self.proc.start()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.join(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.inbox.put(None)
+            self.proc.join(timeout=30)
+        self.kill()
+
+
+@dataclass
+class _Running:
+    task: Task
+    pending: list[str]                 # backends not yet reported
+    current: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    started_any: bool = False          # has any backend of this task started in this worker?
+
+
+def _crash_row(task: Task, backend: str, message: str, new_row: Callable) -> ResultRow:
+    row = new_row(backend, task.case)
+    row.status, row.message = Status.ERROR, message
+    return row
+
+
+def _requeue(run: "_Running", todo: list[Task], emit, new_row, cause: str, started_any: bool) -> None:
+    """Give the case's unreported backends to a fresh worker; a case whose worker keeps dying
+    before it starts a backend is not retried for ever."""
+    if not run.pending:
+        return
+    attempt = 0 if started_any else run.task.attempt + 1
+    if attempt >= 2:
+        for b in run.pending:
+            emit(_crash_row(run.task, b, f"{cause} (twice, before this backend started)", new_row))
+        return
+    t = run.task
+    todo.insert(0, Task(t.case, list(run.pending), t.device, t.diagnose, t.heatmap_dir, attempt))
+
+
+def run_isolated(tasks: list[Task], on_row: Callable[[ResultRow], None], new_row: Callable[[str, Case], ResultRow],
+                 timeout: float | None = 600.0, gpus: list[int | None] = (None,)) -> list[ResultRow]:
+    """Run every task in worker processes (one per entry of ``gpus``); return the rows in the
+    order they finished. ``new_row(backend_name, case)`` makes the row of a backend that never
+    reported (its worker died or hung)."""
+    ctx = mp.get_context("spawn")
+    workers = [Worker(g, ctx) for g in gpus]
+    todo, rows, busy = list(tasks), [], {}
+    emit = lambda r: (rows.append(r), on_row(r))  # noqa: E731
+    try:
+        for w in workers:
+            w.start()
+        while todo or busy:
+            for i, w in enumerate(workers):
+                if i not in busy and todo:
+                    t = todo.pop(0)
+                    w.inbox.put(t)
+                    busy[i] = _Running(t, list(t.backends))
+            for i in list(busy):
+                if _poll(workers[i], busy[i], emit, new_row, timeout, todo):
+                    del busy[i]
+    finally:
+        for w in workers:
+            w.stop()
+    return rows
+
+
+def _poll(w: Worker, run: _Running, emit, new_row, timeout, todo) -> bool:
+    """Drain one worker's messages; handle death and timeouts. True when its task is finished."""
+    try:
+        msg = w.outbox.get(timeout=0.05)
+    except queue.Empty:
+        msg = None
+    if msg is not None:
+        if msg[0] == "start":
+            run.current, run.started, run.started_any = msg[2], time.monotonic(), True
+        elif msg[0] == "row":
+            row = msg[1]
+            row.attempt = {"worker_pid": w.proc.pid, "restarts": w.restarts}
+            if row.backend in run.pending:
+                run.pending.remove(row.backend)
+            run.current = None
+            emit(row)
+        elif msg[0] == "done":
+            if run.pending:  # the worker stopped early (a poisoned CUDA context) and exits
+                w.proc.join(timeout=30)
+                _restart(w)
+                _requeue(run, todo, emit, new_row, "worker restarted after a CUDA error", True)
+            return True
+        return False
+    overran = timeout and run.current is not None and time.monotonic() - run.started > timeout
+    if not overran and w.proc.is_alive():
+        return False
+    w.kill()
+    cause = f"timeout after {timeout:g} s" if overran else death_cause(w.proc.exitcode)
+    if run.current is not None:
+        row = _crash_row(run.task, run.current, cause, new_row)
+        row.attempt = {"worker_pid": w.proc.pid, "restarts": w.restarts, "exitcode": w.proc.exitcode}
+        emit(row)
+        run.pending.remove(run.current)
+    _restart(w)
+    _requeue(run, todo, emit, new_row, cause, run.started_any)
+    return True
+
+
+def _restart(w: Worker) -> None:
+    w.kill()
+    w.restarts += 1
+    w.start()
