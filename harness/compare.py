@@ -46,6 +46,8 @@ THRESHOLDS: dict[str, Thresholds] = {
     "w4a16": Thresholds("w4a16", rtol=0.1, atol=0.1, max_mismatch=0.01, max_rel_l2=0.03, min_cosine=0.999),
     "w8a8": Thresholds("w8a8", rtol=0.1, atol=0.1, max_mismatch=0.01, max_rel_l2=0.06, min_cosine=0.998),
     "w4a4": Thresholds("w4a4", rtol=0.2, atol=0.2, max_mismatch=0.02, max_rel_l2=0.08, min_cosine=0.995),
+    # one kernel against another on the same inputs (a real kernel and its emulated twin)
+    "differential": Thresholds("differential", rtol=0.02, atol=0.02, max_mismatch=0.001, max_rel_l2=0.01, min_cosine=0.9999),
     "exact": Thresholds("exact", rtol=0.0, atol=0.0, atol_abs=True, max_mismatch=0.0, max_rel_l2=0.0,
                         min_cosine=1.0, bit_exact=True),
 }

@@ -40,6 +40,7 @@ class Task:
     diagnose: bool = False
     heatmap_dir: str | None = None
     attempt: int = 0      # how many workers died on this case before any of these backends started
+    repeat: int | None = None  # runs per row for the determinism check (None: the case's)
 
 
 def _worker_main(inbox, outbox, gpu: int | None) -> None:
@@ -72,7 +73,7 @@ def _worker_main(inbox, outbox, gpu: int | None) -> None:
                 poisoned.append(row.message)
 
         run_case(task.case, backends, task.device, kind, on_row, task.diagnose, task.heatmap_dir,
-                 on_start=on_start, stop=lambda: bool(poisoned))
+                 on_start=on_start, stop=lambda: bool(poisoned), repeat=task.repeat)
         outbox.put(("done",))
         if poisoned:
             return  # exit: the CUDA context is not to be trusted after a sticky error
@@ -127,7 +128,7 @@ class _Running:
 
 def _crash_row(task: Task, backend: str, message: str, new_row: Callable) -> ResultRow:
     row = new_row(backend, task.case)
-    row.status, row.message = Status.ERROR, message
+    row.status, row.message, row.failure = Status.ERROR, message, "crash"
     return row
 
 
@@ -142,34 +143,49 @@ def _requeue(run: "_Running", todo: list[Task], emit, new_row, cause: str, start
             emit(_crash_row(run.task, b, f"{cause} (twice, before this backend started)", new_row))
         return
     t = run.task
-    todo.insert(0, Task(t.case, list(run.pending), t.device, t.diagnose, t.heatmap_dir, attempt))
+    todo.insert(0, Task(t.case, list(run.pending), t.device, t.diagnose, t.heatmap_dir, attempt, t.repeat))
 
 
-def run_isolated(tasks: list[Task], on_row: Callable[[ResultRow], None], new_row: Callable[[str, Case], ResultRow],
-                 timeout: float | None = 600.0, gpus: list[int | None] = (None,)) -> list[ResultRow]:
-    """Run every task in worker processes (one per entry of ``gpus``); return the rows in the
-    order they finished. ``new_row(backend_name, case)`` makes the row of a backend that never
-    reported (its worker died or hung)."""
-    ctx = mp.get_context("spawn")
-    workers = [Worker(g, ctx) for g in gpus]
-    todo, rows, busy = list(tasks), [], {}
-    emit = lambda r: (rows.append(r), on_row(r))  # noqa: E731
-    try:
-        for w in workers:
+class Pool:
+    """Worker processes (one per entry of ``gpus``) kept alive across calls of :meth:`run`.
+    ``new_row(backend_name, case)`` makes the row of a backend that never reported."""
+
+    def __init__(self, new_row: Callable[[str, Case], ResultRow], timeout: float | None = 600.0,
+                 gpus: list[int | None] = (None,)):
+        ctx = mp.get_context("spawn")
+        self.workers = [Worker(g, ctx) for g in gpus]
+        self.new_row, self.timeout = new_row, timeout
+
+    def __enter__(self) -> "Pool":
+        for w in self.workers:
             w.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for w in self.workers:
+            w.stop()
+
+    def run(self, tasks: list[Task], on_row: Callable[[ResultRow], None]) -> list[ResultRow]:
+        """Run every task; return the rows in the order they finished (each also given to ``on_row``)."""
+        todo, rows, busy = list(tasks), [], {}
+        emit = lambda r: (rows.append(r), on_row(r))  # noqa: E731
         while todo or busy:
-            for i, w in enumerate(workers):
+            for i, w in enumerate(self.workers):
                 if i not in busy and todo:
                     t = todo.pop(0)
                     w.inbox.put(t)
                     busy[i] = _Running(t, list(t.backends))
             for i in list(busy):
-                if _poll(workers[i], busy[i], emit, new_row, timeout, todo):
+                if _poll(self.workers[i], busy[i], emit, self.new_row, self.timeout, todo):
                     del busy[i]
-    finally:
-        for w in workers:
-            w.stop()
-    return rows
+        return rows
+
+
+def run_isolated(tasks: list[Task], on_row: Callable[[ResultRow], None], new_row: Callable[[str, Case], ResultRow],
+                 timeout: float | None = 600.0, gpus: list[int | None] = (None,)) -> list[ResultRow]:
+    """Run every task in a fresh pool of worker processes."""
+    with Pool(new_row, timeout, gpus) as pool:
+        return pool.run(tasks, on_row)
 
 
 def _poll(w: Worker, run: _Running, emit, new_row, timeout, todo) -> bool:

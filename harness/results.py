@@ -38,6 +38,7 @@ class ResultRow:
     backend_notes: dict | None = None
     heatmap: str | None = None
     traceback: str | None = None
+    failure: str | None = None         # accuracy | nondeterministic | precision | crash | setup | inputs
     repeats: dict | None = None        # determinism check: runs, how many differed, max |diff|
     verdicts: dict | None = None       # other compare rules' verdicts (rule name -> pass/fail + why)
     attempt: dict | None = None        # isolation: worker pid, restarts, exit cause

@@ -19,7 +19,7 @@ import torch
 
 from harness.backends.base import Backend
 from harness.cases import Case, CaseContext
-from harness.compare import compute_metrics, judge
+from harness.compare import compare_bits, compute_metrics, judge
 from harness.diagnose import diagnose
 from harness.results import ResultRow, Status
 
@@ -54,7 +54,9 @@ def new_row(backend: str, case: Case, device: str) -> ResultRow:
                      shape=case.short(), tags=list(case.tags))
 
 
-def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=None) -> ResultRow:
+def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=None, repeat: int | None = None) -> ResultRow:
+    """One row. With ``repeat`` (default: the case's) above 1 the backend runs that many times on
+    the same inputs and a changing output fails the row as ``nondeterministic``."""
     case = ctx.case
     ctx.last_out = None
     row = new_row(backend.name, case, ctx.device)
@@ -65,25 +67,56 @@ def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=No
     t0 = time.perf_counter()
     try:
         data, ref = ctx.ensure()
+        alt = backend.reference(ctx)
+        ref = ref if alt is None else alt
     except Exception as e:
         row.status, row.message, row.traceback = Status.ERROR, f"inputs/reference failed: {one_line(e)}", traceback.format_exc()
+        row.failure = "inputs"
         return row
+    stage = "setup"
     try:
-        out = backend.run(backend.prepare(data, ctx.device), data)
-        ctx.last_out = out
-        _sync(ctx.device)
-        m = compute_metrics(out, ref, case.limits)
-        v = judge(m, case.limits)
+        outs = []
+        for _ in range(max(1, repeat or case.repeat)):
+            stage, prepared = "setup", backend.prepare(data, ctx.device)
+            stage = "crash"
+            outs.append(backend.run(prepared, data))
+            _sync(ctx.device)
+        ctx.last_out = out = outs[0]
+        limits = backend.limits(case)
+        row.thresholds = limits.__dict__ | {"rule": limits.rule()}
+        m = compute_metrics(out, ref, limits)
+        v = judge(m, limits)
         row.status, row.message, row.metrics = Status.PASS if v.passed else Status.FAIL, v.message, m.as_dict()
+        row.failure = None if v.passed else "accuracy"
+        if len(outs) > 1:
+            _judge_repeats(row, outs, backend)
         row.backend_notes = backend.notes() or None
         if heatmap_dir is not None and not v.passed:
             row.heatmap = _heatmap(out, ref, heatmap_dir, case.name, backend.name)
     except Exception as e:
         row.status, row.message, row.traceback = Status.ERROR, one_line(e), traceback.format_exc(limit=8)
+        row.failure = stage  # setup: prepare raised (a library or build problem); crash: the kernel call did
         _sync(ctx.device, quiet=True)
     finally:
         row.duration_s = round(time.perf_counter() - t0, 4)
     return row
+
+
+def _judge_repeats(row: ResultRow, outs: list[torch.Tensor], backend: Backend) -> None:
+    """Compare every repeated output with the first, bit for bit; fail a deterministic backend whose
+    output changes (a non-deterministic one only beyond its declared ULP bound)."""
+    first = outs[0]
+    diffs = [compare_bits(o, first) for o in outs[1:]]
+    differ = sum(not d["bit_exact"] for d in diffs)
+    max_ulp = max((d.get("max_ulp") or 0) for d in diffs)
+    max_abs = max(float((o.float() - first.float()).abs().nan_to_num(float("inf")).max()) for o in outs[1:]) if first.numel() else 0.0
+    row.repeats = {"runs": len(outs), "differ": differ, "max_abs_diff": max_abs, "max_ulp": max_ulp,
+                   "bound_ulp": backend.nondeterminism_ulp}
+    if differ and max_ulp > backend.nondeterminism_ulp:
+        why = (f"nondeterministic: {differ} of {len(outs) - 1} repeated runs differ from the first, "
+               f"max |diff| {max_abs:.3g} ({max_ulp} ULP, bound {backend.nondeterminism_ulp})")
+        row.status, row.failure = Status.FAIL, "nondeterministic"
+        row.message = why if row.message == "pass" else f"{why}; {row.message}"
 
 
 def _sync(device: str, quiet: bool = False) -> None:
@@ -108,7 +141,7 @@ def _heatmap(out, ref, folder, case: str, backend: str) -> str | None:
 
 def run_case(case: Case, backends: list[Backend], device: str, device_kind: str, on_row: Callable[[ResultRow], None],
              diagnose_failures: bool = False, heatmap_dir=None, on_start: Callable | None = None,
-             stop: Callable[[], bool] = lambda: False) -> list[ResultRow]:
+             stop: Callable[[], bool] = lambda: False, repeat: int | None = None) -> list[ResultRow]:
     """Every backend on one case (inputs and reference made once); ``on_start(case, backend)``
     before each, and no further backend once ``stop()`` is true."""
     ctx = CaseContext(case, device)
@@ -118,7 +151,7 @@ def run_case(case: Case, backends: list[Backend], device: str, device_kind: str,
             break
         if on_start is not None:
             on_start(case, b)
-        row = run_one(b, ctx, device_kind, heatmap_dir)
+        row = run_one(b, ctx, device_kind, heatmap_dir, repeat)
         if diagnose_failures and row.status is Status.FAIL:
             row.diagnosis = diagnose_row(b, ctx)
         on_row(row)

@@ -8,7 +8,7 @@ from harness.faults import FAULTS_BY_NAME
 from harness.families import mutant
 from harness.cases import CaseContext
 from harness.runner import run_one
-from harness.strategies import cases, repro_yaml
+from harness.fuzz.strategies import cases, repro_yaml
 
 SM90 = select_backends("emulated-sm90-w4a16")[0]
 

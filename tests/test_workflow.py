@@ -30,3 +30,12 @@ def test_workflow_matrix_covers_three_device_kinds():
     doc = yaml.safe_load(WF.read_text())
     names = {m["name"] for m in doc["jobs"]["run"]["strategy"]["matrix"]["include"]}
     assert names == {"sm90", "sm100", "rocm"}
+
+
+def test_nightly_fuzzes_each_runner_and_publishes_repros():
+    doc = yaml.safe_load(WF.read_text())
+    steps = doc["jobs"]["run"]["steps"]
+    fuzz = next(s["run"] for s in steps if "moeacc fuzz" in s.get("run", ""))
+    assert "--profile nightly" in fuzz and "--db .fuzz-db" in fuzz and "${{ matrix.fuzz }}" in fuzz
+    assert all(m.get("fuzz") for m in doc["jobs"]["run"]["strategy"]["matrix"]["include"])
+    assert any(s.get("with", {}).get("path") == "reports-ci/fuzz-*/repro-*.yaml" for s in steps)

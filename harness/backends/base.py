@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from harness.cases import Case, CaseData, Routing
+from harness.compare import Thresholds
 from harness.device import kind_matches
 from references.formats import WEIGHT_FORMATS, ActQuant, Fp8Scale, ScaleMode, WeightFormat
 
@@ -56,6 +57,8 @@ class Backend:
     hooks: tuple[Callable, ...] = ()   # the overridable steps (methods) this backend honours
     verified: str = "unverified"       # "cpu" (pure torch), "h100" (a committed H100 report), "unverified"
     kernel: str = ""                   # the library entry point it calls
+    deterministic: bool = True         # same inputs, same bits (no atomics in the reduction)
+    nondeterminism_ulp: int = 0        # what repeated runs may differ by (output ULPs) where it is not
 
     def device_gate(self, kind: str) -> str | None:
         """None if this device kind can run the backend, else the reason."""
@@ -91,6 +94,14 @@ class Backend:
     def notes(self) -> dict:
         """Facts for the report (e.g. the library version and build a kernel ran from)."""
         return {}
+
+    def limits(self, case: Case) -> Thresholds:
+        """The thresholds this backend's output is judged by (the case's, unless it knows better)."""
+        return case.limits
+
+    def reference(self, ctx) -> torch.Tensor | None:
+        """What this backend's output is compared with (None: the case's reference)."""
+        return None
 
 
 def _names(xs) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness import families
 from harness.backends.base import Backend
+from harness.backends.differential import PREFIX, Differential
 
 ENTRY_POINT_GROUP = "moe_accuracy.backends"
 _REGISTRY: dict[str, Backend] | None = None
@@ -75,9 +76,21 @@ def zoo() -> list[Backend]:
     return families.zoo_backends([b for b in load_backends().values() if b.family is not None])
 
 
+def differential(name: str) -> Backend:
+    """``diff:<backend>|<against>``: the first backend judged against the second."""
+    a, sep, b = name[len(PREFIX):].partition("|")
+    if not sep:
+        raise KeyError(f"{name!r}: a differential backend is named diff:<backend>|<against>")
+    (ba,), (bb,) = select_backends(a), select_backends(b)
+    return Differential(ba, bb)
+
+
 def select_backends(patterns: str | None = None) -> list[Backend]:
     """Backends matching comma-separated globs (all registered ones when None); a pattern with
-    ``zoo:`` also matches the fault-zoo mutants (``zoo:<fault>@<backend>``)."""
+    ``zoo:`` also matches the fault-zoo mutants (``zoo:<fault>@<backend>``); ``diff:A|B`` is
+    backend A judged against backend B."""
+    if patterns and patterns.startswith("diff:"):
+        return [differential(patterns)]
     extra = zoo() if patterns and "zoo:" in patterns else []
     reg = {**load_backends(), **{b.name: b for b in extra}}
     if not patterns:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from harness.cases.schema import Case, Routing
+from harness.cases.schema import Case, ExpertScales, Routing
 from references.activations import Precision
 from references.formats import QTensor, QuantRecipe
 from references.layouts import fuse_gate_up
@@ -58,7 +58,37 @@ _WEIGHT_CACHE: dict[tuple, tuple] = {}
 
 def _weight_key(c: Case) -> tuple:
     return (c.seed, c.hidden, c.intermediate, c.experts, c.weight_format.name, c.scale_mode, c.fp8_scale,
-            c.checkpoint_layout, c.bias, c.shared_expert, c.dtype, c.weight_scale)
+            c.checkpoint_layout, c.bias, c.shared_expert, c.dtype, c.weight_scale, c.expert_scales, c.zero_blocks)
+
+
+class _ExpertWeightSource:
+    """Each expert's fp32 (gate, up, down): drawn from the case's generator, then shaped by the
+    case's expert_scales and zero_blocks (their own generators, so defaults draw exactly as before)."""
+
+    def __init__(self, case: Case, g: torch.Generator):
+        self.c, self.g, self.first = case, g, None
+        self.aux = torch.Generator().manual_seed(case.seed * 7919 + 5)
+        s1, s2 = case.weight_scale / math.sqrt(case.hidden), case.weight_scale / math.sqrt(case.intermediate)
+        self.scales = (s1, s1, s2)
+
+    def next(self):
+        c = self.c
+        if c.expert_scales is ExpertScales.IDENTICAL and self.first is not None:
+            return self.first
+        I, H = c.intermediate, c.hidden
+        ws = [torch.randn(shape, generator=self.g) * s for shape, s in zip(((1, I, H), (1, I, H), (1, H, I)), self.scales)]
+        if c.expert_scales is ExpertScales.SPREAD:
+            ws = [w * 2.0 ** int(torch.randint(-8, 9, (1,), generator=self.aux)) for w in ws]
+        if c.zero_blocks:
+            ws = [self._zero_blocks(w) for w in ws]
+        self.first = self.first or tuple(ws)
+        return tuple(ws)
+
+    def _zero_blocks(self, w: torch.Tensor) -> torch.Tensor:
+        blk = self.c.weight_format.block if self.c.weight_format.block > 1 else 16  # one quantization block
+        nb = w.shape[-1] // blk
+        keep = (torch.rand(w.shape[-2], nb, generator=self.aux) >= self.c.zero_blocks).to(w.dtype)
+        return (w.unflatten(-1, (nb, blk)) * keep.unsqueeze(-1)).flatten(-2)
 
 
 def make_weights(case: Case) -> tuple[Experts, SharedExpert | None]:
@@ -72,11 +102,10 @@ def make_weights(case: Case) -> tuple[Experts, SharedExpert | None]:
     recipe = QuantRecipe(case.scale_mode, case.fp8_scale, dt)
     H, I, E = case.hidden, case.intermediate, case.experts
     s1, s2 = case.weight_scale / math.sqrt(H), case.weight_scale / math.sqrt(I)
+    source = _ExpertWeightSource(case, g)
     parts1, parts2 = [], []
     for _ in range(E):
-        gate = torch.randn(1, I, H, generator=g) * s1
-        up = torch.randn(1, I, H, generator=g) * s1
-        down = torch.randn(1, H, I, generator=g) * s2
+        gate, up, down = source.next()
         if fmt.per_tensor_scale:  # one global scale over the fused gate/up tensor
             parts1.append(fmt.quantize(fuse_gate_up(gate, up, order), recipe))
         else:

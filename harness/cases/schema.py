@@ -29,6 +29,12 @@ class Routing(enum.Enum):
     GROUPED = "grouped"            # DeepSeek-V3 sigmoid + group-limited top-k
 
 
+class ExpertScales(enum.Enum):
+    RANDOM = "random"         # each expert's weights drawn independently (block scales vary everywhere)
+    IDENTICAL = "identical"   # every expert a copy of expert 0: identical scales across experts
+    SPREAD = "spread"         # expert e scaled by 2^k_e, k_e in [-8, 8]: scales differ strongly across experts
+
+
 class Tier(enum.Enum):
     SMOKE = "smoke"      # runs everywhere, CI included
     GPU = "gpu"          # GPU runs only by default
@@ -86,6 +92,9 @@ class Case:
     weight_scale: float = 1.0
     outliers: float = 0.0      # fraction of input channels scaled x20 (LLM-style outlier channels)
     skew: float = 0.0          # routing skew: adds skew * (E-1-e)/E to the router logits
+    expert_scales: ExpertScales = ExpertScales.RANDOM
+    zero_blocks: float = 0.0   # fraction of weight blocks (along K) that are all zero
+    repeat: int = 1            # runs of the backend on the same inputs (more than 1: a determinism check)
     thresholds: Thresholds | None = None  # None: the set for the format
     backends: tuple = ()       # restrict to these backend names (globs)
     tier: Tier = Tier.SMOKE
@@ -228,6 +237,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "routed_scaling_factor": _number(True), "shared_expert": _bool, "checkpoint_layout": _enum(GateUpOrder),
     "dtype": _choice(DTYPES), "seed": _int(0), "input_scale": _number(True), "weight_scale": _number(True),
     "outliers": _number(False, 1.0, "a fraction of channels"), "skew": _number(False),
+    "expert_scales": _enum(ExpertScales), "zero_blocks": _number(False, 1.0, "a fraction of blocks"), "repeat": _int(1),
     "thresholds": parse_thresholds, "backends": _str_tuple, "tier": _enum(Tier), "tags": _str_tuple,
     "source": _text,
 }
@@ -248,8 +258,9 @@ def _block_rule(f: str) -> Callable[[Case], str | None]:
 
 
 def _grouped_rule(c: Case) -> str | None:
-    if c.routing is Routing.GROUPED and (c.experts % c.n_group or c.topk_group > c.n_group):
-        return f"{c.experts} experts do not split into {c.n_group} groups with topk_group={c.topk_group}"
+    if c.routing is Routing.GROUPED and (c.experts % c.n_group or c.topk_group > c.n_group or c.experts // c.n_group < 2):
+        return (f"{c.experts} experts do not split into {c.n_group} groups of at least 2 (a group scores its top 2) "
+                f"with topk_group={c.topk_group}")
     return None
 
 

@@ -15,7 +15,6 @@ from harness.cli.tables import print_rows
 from harness.device import device_slug, package_versions
 from harness.report import new_document
 from harness.results import Status
-from harness.runner import run_matrix
 
 
 @click.command()
@@ -34,17 +33,20 @@ from harness.runner import run_matrix
 @click.option("--isolate/--no-isolate", default=None,
               help="run backends in worker processes, so a crash or hang costs only its row [default: on a GPU]")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds a row may take when isolated (0: no limit)")
+@click.option("--repeat", type=int, default=None,
+              help="run each row this many times on identical inputs; a changing output fails it (default: each case's)")
 @click.option("--resume", "resume_dir", type=click.Path(), default=None,
               help="finish an interrupted run: keep its rows, run the missing (case, backend) pairs")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, diagnose, code_under_test, probes,
-        heatmaps, isolate, timeout, resume_dir, quiet):
+        heatmaps, isolate, timeout, repeat, resume_dir, quiet):
     """Run cases against backends; write results.json + report.md; exit 1 if any row fails or errors."""
     if resume_dir:
         sel = resumed_selection(resume_dir)
         sel["cases"] = [str(Path(resume_dir) / p) for p in sel["cases"]]
         cases_paths, pattern, tags, backends, tier = sel["cases"], sel["case"], sel["tag"], sel["backend"], sel["tier"]
         device, probes, diagnose, heatmaps = sel["device"], sel["probes"], sel["diagnose"], sel["heatmaps"]
+        repeat = sel.get("repeat")
     dev, info = device_or_fail(device)
     plan = RunPlan.make(cases_paths, pattern, tags, backends, tier, info, probes)
     if resume_dir:
@@ -56,7 +58,8 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
         # case paths relative to the run folder: no machine path in the report, and --resume finds them from anywhere
         rel = [os.path.relpath(Path(p).resolve(), out_dir.resolve()) for p in cases_paths]
         doc["selection"] = {"cases": rel, "case": pattern, "tag": list(tags), "backend": backends,
-                            "tier": tier, "device": device, "probes": probes, "diagnose": diagnose, "heatmaps": heatmaps}
+                            "tier": tier, "device": device, "probes": probes, "diagnose": diagnose, "heatmaps": heatmaps,
+                            "repeat": repeat}
         writer = open_writer(out_dir, doc)
     done = {(r["case"], r["backend"]) for r in writer.doc["rows"]}
     isolate = info["kind"] != "cpu" if isolate is None else isolate
@@ -64,7 +67,7 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
                   f"{', isolated' if isolate else ''}{f', resuming ({len(done)} rows kept)' if resume_dir else ''} -> {out_dir}",
                   highlight=False)
     rows = execute(plan, dev, info, writer, done, isolate=isolate, timeout=timeout or None, diagnose=diagnose,
-                   heatmap_dir=out_dir if heatmaps else None, quiet=quiet)
+                   heatmap_dir=out_dir if heatmaps else None, quiet=quiet, repeat=repeat)
     doc = writer.close()
     print_rows(rows)
     s = doc["summary"]["total"]
@@ -77,8 +80,12 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
 @cases_options
 @click.option("--backend", required=True, help="one backend name")
 @click.option("--device", default="auto", show_default=True)
-def check(cases_paths, pattern, tags, backend, device):
-    """For `git bisect run`: exit 0 pass, 1 fail, 125 cannot run here (gate, build error, bad case)."""
+@click.option("--isolate/--no-isolate", default=None, help="run in a worker process, so a crash is a verdict [default: on a GPU]")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds a row may take when isolated")
+@click.option("--repeat", type=int, default=None, help="runs per case for the determinism check (default: each case's)")
+def check(cases_paths, pattern, tags, backend, device, isolate, timeout, repeat):
+    """For `git bisect run`: exit 0 pass, 1 fail (wrong, nondeterministic, or the kernel crashed or
+    hung), 125 cannot run here (gate, missing library, build or set-up error, bad case)."""
     from harness.backends.registry import select_backends
     from harness.cases import CaseError, load_cases
     from harness.cli.common import DEFAULT_CASES
@@ -93,12 +100,24 @@ def check(cases_paths, pattern, tags, backend, device):
     if not cases or len(chosen) != 1:
         console.print(f"moeacc check: cannot run: {len(cases)} cases and {len(chosen)} backends matched (need >=1 and 1)")
         sys.exit(125)
-    rows = run_matrix(cases, chosen, dev, device_info(dev)["kind"], on_row=lambda r: None)
+    kind = device_info(dev)["kind"]
+    if (kind != "cpu") if isolate is None else isolate:
+        from harness.isolation import Task, run_isolated
+        from harness.runner import new_row
+        rows = run_isolated([Task(c, [chosen[0].name], dev, repeat=repeat) for c in cases], lambda r: None,
+                            lambda b, c: new_row(b, c, dev), timeout=timeout or None)
+    else:
+        from harness.runner import run_case
+        rows = [r for c in cases for r in run_case(c, chosen, dev, kind, lambda r: None, repeat=repeat)]
     for r in rows:
         console.print(f"{r.status.value:7s} {r.case} / {r.backend}: {r.message}", highlight=False)
-    statuses = {r.status for r in rows}
-    if Status.FAIL in statuses:
-        sys.exit(1)
-    if Status.ERROR in statuses or statuses == {Status.SKIPPED}:
-        sys.exit(125)
-    sys.exit(0)
+    sys.exit(check_exit_code(rows))
+
+
+def check_exit_code(rows) -> int:
+    """1 if any row failed or the kernel itself crashed; 125 if nothing could be judged; else 0."""
+    if any(r.status is Status.FAIL or (r.status is Status.ERROR and r.failure == "crash") for r in rows):
+        return 1
+    if any(r.status is Status.ERROR for r in rows) or all(r.status is Status.SKIPPED for r in rows):
+        return 125
+    return 0
