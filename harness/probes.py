@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from harness.backends.base import Backend, Requirements
-from harness.backends.flashinfer import PACKAGE as FLASHINFER
+from harness.backends.flashinfer import FI
 from harness.compare import THRESHOLDS, compare_bits, compute_metrics, judge
 from harness.results import ResultRow, Status
 from references import formats as F
@@ -294,10 +294,10 @@ def _mk(name, kernel, req, fn):
 def all_probes() -> list[Probe]:
     cuda = ("cuda",)
     return [
-        _mk("flashinfer-mxfp8-quantize", "flashinfer.mxfp8_quantize", Requirements(devices=("sm90+",), packages=FLASHINFER), _mx_probe("mxfp8")),
-        _mk("flashinfer-mxfp4-quantize", "flashinfer.fp4_quantize(sf_vec_size=32, ue8m0)", Requirements(devices=("sm90+",), packages=FLASHINFER), _mx_probe("mxfp4")),
-        _mk("flashinfer-nvfp4-quantize", "flashinfer.fp4_quantize(sf_vec_size=16)", Requirements(devices=("sm90+",), packages=FLASHINFER), _nvfp4_probe),
-        _mk("flashinfer-silu-and-mul", "flashinfer.silu_and_mul", Requirements(devices=cuda, packages=FLASHINFER), _silu_probe),
+        _mk("flashinfer-mxfp8-quantize", "flashinfer.mxfp8_quantize", Requirements(devices=("sm90+",), libraries=(FI,)), _mx_probe("mxfp8")),
+        _mk("flashinfer-mxfp4-quantize", "flashinfer.fp4_quantize(sf_vec_size=32, ue8m0)", Requirements(devices=("sm90+",), libraries=(FI,)), _mx_probe("mxfp4")),
+        _mk("flashinfer-nvfp4-quantize", "flashinfer.fp4_quantize(sf_vec_size=16)", Requirements(devices=("sm90+",), libraries=(FI,)), _nvfp4_probe),
+        _mk("flashinfer-silu-and-mul", "flashinfer.silu_and_mul", Requirements(devices=cuda, libraries=(FI,)), _silu_probe),
         _mk("torch-scaled-mm", "torch._scaled_mm / torch.nn.functional.scaled_mm", Requirements(devices=("sm90+",)), _scaled_mm_probe),
         _mk("torch-scaled-grouped-mm", "torch._scaled_grouped_mm", Requirements(devices=("sm90+",)), _grouped_probe),
     ]

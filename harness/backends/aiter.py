@@ -18,12 +18,15 @@ from harness.cases import CaseData, layer_output
 from harness.families import AITER_MXFP4
 from references.formats import QTensor
 from references.layouts import GateUpOrder
+from harness.backends.libapi import Library
+
+AITER = Library("amd-aiter", "aiter", ">=0.1.20,<0.1.21", ("aiter-0.1.20.post1",), "github ROCm/aiter v0.1.20.post1")
 
 
 class AiterMxfp4(Backend):
     name = "aiter-mxfp4"
     description = "AMD AITER fused_moe, MXFP4 weights (per_1x32), shuffled (16,16)"
-    requirements = Requirements(devices=("gfx950",), packages={"aiter": ("aiter", "")}, formats=(MXFP4,),
+    requirements = Requirements(devices=("gfx950",), libraries=(AITER,), formats=(MXFP4,),
                                 act_quants=(None,), k_multiple=64)
     kernel = "aiter.fused_moe.fused_moe(quant_type=per_1x32)"
     family = AITER_MXFP4

@@ -5,8 +5,6 @@ the case's canonical weights into the kernel's own layout with the kernel librar
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,7 +21,7 @@ ALL_FORMATS: tuple[WeightFormat, ...] = tuple(WEIGHT_FORMATS.values())
 @dataclass(frozen=True)
 class Requirements:
     devices: tuple = ("any",)            # cpu, cuda, sm90, sm90+, sm100, sm100+, sm120, gfx942, gfx950, rocm, any
-    packages: dict = field(default_factory=dict)   # distribution -> (import name, minimum version or "")
+    libraries: tuple = ()                # harness.backends.libapi.Library: installed, in the written-for range
     formats: tuple[WeightFormat, ...] = ALL_FORMATS
     act_quants: tuple[ActQuant | None, ...] = (None,)
     swiglu: bool = True                  # alpha/beta/limit supported (else plain silu only)
@@ -47,6 +45,20 @@ class Family:
     faults: tuple = ()
 
 
+@dataclass(frozen=True)
+class Level:
+    """How far a backend is verified, and the evidence (brief: L0 written from the library's pinned
+    source with every call bound to an API snapshot; L1 preprocessing checked against the library's
+    own helpers on the CPU; L2 ran on the H100 through moeacc run --device cuda, report committed;
+    L3 runs nightly on its own runner). ``cpu`` marks the pure-PyTorch backends."""
+
+    level: str                 # cpu | L0 | L1 | L2 | L3
+    evidence: tuple = ()       # snapshot files, tests, committed reports
+
+    def __str__(self) -> str:
+        return self.level
+
+
 class Backend:
     """Base class. Subclasses set the class attributes and implement ``prepare`` and ``run``."""
 
@@ -55,7 +67,7 @@ class Backend:
     requirements: Requirements = Requirements()
     family: Family | None = None
     hooks: tuple[Callable, ...] = ()   # the overridable steps (methods) this backend honours
-    verified: str = "unverified"       # "cpu" (pure torch), "h100" (a committed H100 report), "unverified"
+    verified: Level = Level("L0")      # the verification level and its evidence
     kernel: str = ""                   # the library entry point it calls
     deterministic: bool = True         # same inputs, same bits (no atomics in the reduction)
     nondeterminism_ulp: int = 0        # what repeated runs may differ by (output ULPs) where it is not
@@ -65,17 +77,7 @@ class Backend:
         r = self.requirements
         if not kind_matches(kind, r.devices):
             return f"needs {' or '.join(r.devices)}, found {kind}"
-        for dist, (mod, minv) in r.packages.items():
-            if importlib.util.find_spec(mod) is None:
-                return f"{dist} not installed"
-            if minv:
-                try:
-                    have = importlib.metadata.version(dist)
-                except importlib.metadata.PackageNotFoundError:
-                    continue
-                if version_tuple(have) < version_tuple(minv):
-                    return f"needs {dist}>={minv}, found {have}"
-        return None
+        return next((why for lib in r.libraries if (why := lib.gate())), None)
 
     def case_gate(self, case: Case) -> str | None:
         """None if the backend supports this case, else the reason."""
@@ -125,11 +127,3 @@ _CASE_CHECKS: tuple[Callable[[Requirements, Case], str | None], ...] = (
                        for f in ("hidden", "intermediate") if getattr(c, f) % r.k_multiple), None),
     lambda r, c: f"needs at least {r.min_tokens} tokens" if c.tokens < r.min_tokens else None,
 )
-
-
-def version_tuple(v: str) -> tuple:
-    out = []
-    for part in v.split("+")[0].split("."):
-        num = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(num) if num else 0)
-    return tuple(out)

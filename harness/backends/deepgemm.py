@@ -21,6 +21,9 @@ from references.activations import Precision, swiglu
 from references.formats import ActQuant, Fp8Scale
 from references.layouts import GateUpOrder
 from references.moe import Experts
+from harness.backends.libapi import Library
+
+DEEPGEMM = Library("deep-gemm", "deep_gemm", ">=2.6,<2.7", ("deep_gemm-2.6.1",), "github deepseek-ai/DeepGEMM@54e2261")
 
 
 def contiguous_layout(topk_ids: torch.Tensor, num_experts: int, align: int = 128):
@@ -42,7 +45,7 @@ def contiguous_layout(topk_ids: torch.Tensor, num_experts: int, align: int = 128
 class DeepGemmFp8(Backend):
     name = "deepgemm-fp8"
     description = "DeepGEMM m_grouped_fp8_gemm_nt_contiguous (FP8 128x128 block W8A8)"
-    requirements = Requirements(devices=("sm90", "sm100"), packages={"deep-gemm": ("deep_gemm", "")},
+    requirements = Requirements(devices=("sm90", "sm100"), libraries=(DEEPGEMM,),
                                 formats=(FP8_BLOCK,), act_quants=(ActQuant.FP8_GROUP, ActQuant.FP8_GROUP_UE8M0),
                                 bias=False, k_multiple=128)
     kernel = "deep_gemm.m_grouped_fp8_gemm_nt_contiguous"

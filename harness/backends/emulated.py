@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from harness.backends.base import Backend, Requirements
+from harness.backends.base import Backend, Level, Requirements
 from harness.backends.common import experts_in_order, pad_mx_experts, pad_tokens_hidden
 from harness.cases import CaseData, layer_output
 from references.activations import Precision, SwigluParams
@@ -43,7 +43,7 @@ class NaiveReference(Backend):
     name = "torch-naive"
     description = "naive per-expert loop over all experts, every expert dequantized up front (vLLM torch_moe style)"
     requirements = Requirements(devices=("any",))
-    verified = "cpu"
+    verified = Level("cpu", ("pure PyTorch; tests/test_fuzz.py, tests/test_faults.py",))
     kernel = "references.moe.naive_moe_forward"
 
     def prepare(self, data: CaseData, device: str) -> DequantizedExperts:
@@ -86,7 +86,7 @@ class EmulatedSm90W4A16(Combines, Backend):
     name = "emulated-sm90-w4a16"
     description = "CPU emulation of FlashInfer SM90 cutlass W4A16 MXFP4 MoE (kernel-layout weights)"
     requirements = Requirements(devices=("any",), formats=(MXFP4,), act_quants=(None,))
-    verified = "cpu"
+    verified = Level("cpu", ("pure PyTorch; tests/test_fuzz.py, tests/test_faults.py",))
     kernel = "emulation of flashinfer.fused_moe.cutlass_fused_moe(use_w4_group_scaling=True)"
 
     def interleave_weights(self, w: torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,7 @@ class EmulatedFp8Block(Combines, Backend):
     description = "CPU emulation of an FP8 128x128-block W8A8 MoE (DeepGEMM / vLLM fused_moe block-fp8 contract)"
     requirements = Requirements(devices=("any",), formats=(FP8_BLOCK,),
                                 act_quants=(ActQuant.FP8_GROUP, ActQuant.FP8_GROUP_UE8M0), k_multiple=128)
-    verified = "cpu"
+    verified = Level("cpu", ("pure PyTorch; tests/test_fuzz.py, tests/test_faults.py",))
     kernel = "emulation of deep_gemm.m_grouped_fp8_gemm_nt_contiguous + silu_mul_fp8_quant"
 
     def weight_scales(self, s: torch.Tensor, data: CaseData) -> torch.Tensor:
@@ -196,7 +196,7 @@ class EmulatedInterleavedMx(Combines, Backend):
     name = "emulated-interleaved-mxfp4"
     description = "CPU emulation of an interleaved gate/up MXFP4 MoE (triton_kernels matmul_ogs + swiglu contract)"
     requirements = Requirements(devices=("any",), formats=(MXFP4,), act_quants=(None,))
-    verified = "cpu"
+    verified = Level("cpu", ("pure PyTorch; tests/test_fuzz.py, tests/test_faults.py",))
     kernel = "emulation of triton_kernels.matmul_ogs(..., fused_activation=swiglu)"
 
     def fc1_order(self, data: CaseData) -> GateUpOrder:
@@ -233,7 +233,7 @@ class EmulatedAiterMxfp4(Combines, Backend):
     name = "emulated-aiter-mxfp4"
     description = "CPU emulation of AMD AITER MXFP4 fused MoE (separated gate/up, (16,16) shuffled weights, is_shuffled flag)"
     requirements = Requirements(devices=("any",), formats=(MXFP4,), act_quants=(None,), k_multiple=64)
-    verified = "cpu"
+    verified = Level("cpu", ("pure PyTorch; tests/test_fuzz.py, tests/test_faults.py",))
     kernel = "emulation of aiter.fused_moe (MXFP4, shuffled weights)"
 
     def shuffled_flag(self) -> bool:

@@ -17,12 +17,15 @@ from harness.backends.emulated import MXFP4
 from harness.cases import CaseData, layer_output
 from references.layouts import GateUpOrder
 from references.moe import Experts
+from harness.backends.libapi import Library
+
+TK = Library("triton", "triton_kernels", ">=3.6,<3.7", ("triton_kernels-3.6.0",), "triton v3.6.0 python/triton_kernels (vendored in the vllm 0.20.0 wheel)")
 
 
 class TritonKernelsMxfp4(Backend):
     name = "triton-kernels-mxfp4"
     description = "OpenAI triton_kernels matmul_ogs + fused swiglu (interleaved gate/up, MXFP4)"
-    requirements = Requirements(devices=("sm90+",), packages={"triton-kernels": ("triton_kernels", "")},
+    requirements = Requirements(devices=("sm90+",), libraries=(TK,),
                                 formats=(MXFP4,), act_quants=(None,))
     kernel = "triton_kernels.matmul_ogs.matmul_ogs(fused_activation=swiglu)"
 

@@ -19,6 +19,9 @@ from harness.backends.emulated import FP8_BLOCK
 from harness.cases import CaseData, layer_output
 from references.formats import WEIGHT_FORMATS, ActQuant, Fp8Scale
 from references.layouts import GateUpOrder
+from harness.backends.libapi import Library
+
+VLLM = Library("vllm", "vllm", ">=0.33,<0.34", ("vllm-0.33.0",), "PyPI wheel vllm-0.33.0")
 
 
 @dataclass
@@ -33,7 +36,7 @@ class TritonFusedExperts(Backend):
     name = "vllm-fused-experts"
     description = "vLLM Triton fused_experts (bf16 / FP8 block W8A8)"
     module = "vllm.model_executor.layers.fused_moe"
-    requirements = Requirements(devices=("cuda", "rocm"), packages={"vllm": ("vllm", "")},
+    requirements = Requirements(devices=("cuda", "rocm"), libraries=(VLLM,),
                                 formats=(WEIGHT_FORMATS["bf16"], FP8_BLOCK), act_quants=(None, ActQuant.FP8_GROUP),
                                 swiglu=False, bias=False, fp8_scales=(Fp8Scale.FP32,))
     kernel = "vllm.model_executor.layers.fused_moe.fused_experts"

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.backends.base import Requirements
+from harness.backends.base import Level, Requirements
 from harness.backends.common import first_output
 from harness.backends.emulated import MXFP4, EmulatedSm90W4A16, Sm90W4A16Buffers
-from harness.backends.flashinfer import PACKAGE
+from harness.backends.flashinfer import FI
 from harness.backends.flashinfer.build import import_flashinfer
 from harness.cases import CaseData
 from harness.families import SM90_W4A16
@@ -20,9 +20,9 @@ from harness.families import SM90_W4A16
 class FlashInferSm90W4A16(EmulatedSm90W4A16):
     name = "flashinfer-sm90-w4a16"
     description = "FlashInfer SM90 cutlass W4A16 MXFP4 fused MoE (bf16 x MXFP4, per-expert SwiGLU alpha/beta/limit)"
-    requirements = Requirements(devices=("sm90",), packages=PACKAGE, formats=(MXFP4,), act_quants=(None,))
+    requirements = Requirements(devices=("sm90",), libraries=(FI,), formats=(MXFP4,), act_quants=(None,))
     family = SM90_W4A16
-    verified = "h100"  # reports/sm90-nvidia-h100-80gb-hbm3/h100-20261122
+    verified = Level("L2", ("reports/sm90-nvidia-h100-80gb-hbm3/h100-20261122",))
     # the real kernel's activation cannot be swapped: only preprocessing/combine hooks apply
     hooks = tuple(h for h in EmulatedSm90W4A16.hooks if h is not EmulatedSm90W4A16.activation_fn)
     kernel = "flashinfer.fused_moe.cutlass_fused_moe(use_w4_group_scaling=True)"

@@ -17,7 +17,7 @@ import torch
 from harness.backends.base import Backend, Requirements
 from harness.backends.common import experts_in_order, first_output, pad_mx_experts, pad_tokens_hidden
 from harness.backends.emulated import MXFP4
-from harness.backends.flashinfer import PACKAGE
+from harness.backends.flashinfer import FI
 from harness.cases import CaseData, layer_output
 from references.layouts import GateUpOrder
 
@@ -40,7 +40,7 @@ class TrtllmGenBuffers:
 class FlashInferTrtllmGenMxfp4(Backend):
     name = "flashinfer-trtllm-gen-mxfp4"
     description = "FlashInfer trtllm-gen MXFP4 x bf16 fused MoE (sm100)"
-    requirements = Requirements(devices=("sm100",), packages=PACKAGE, formats=(MXFP4,), act_quants=(None,), k_multiple=128)
+    requirements = Requirements(devices=("sm100",), libraries=(FI,), formats=(MXFP4,), act_quants=(None,), k_multiple=128)
     kernel = "flashinfer.fused_moe.trtllm_fp4_block_scale_routed_moe"
 
     def prepare(self, data: CaseData, device: str) -> TrtllmGenBuffers:
