@@ -168,36 +168,35 @@ def _call_shape(call: ast.Call):
 
 def uses(module_path: Path, libs: set[str] | None = None) -> list[Use]:
     """Every ``LIB.attr(...)`` in an adapter module, with the calls and member reads made on it
-    (through a name bound to it in the same function, or directly)."""
+    (directly, or through a name bound to it in the same scope)."""
     tree = ast.parse(Path(module_path).read_text())
-    found: list[Use] = []
+    found: dict[tuple[int, int], Use] = {}
+    for node in ast.walk(tree):
+        a = _attr_call(node)
+        if a and (libs is None or a[0] in libs):
+            found[(node.lineno, node.col_offset)] = Use(a[0], a[1], a[2], node.lineno)
     for scope in [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
-        bound: dict[str, Use] = {}
-        for node in ast.walk(scope):
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                a = _attr_call(node.value)
-                if a and (libs is None or a[0] in libs):
-                    bound[node.targets[0].id] = Use(a[0], a[1], a[2], node.lineno)
-        for node in ast.walk(scope):
-            a = _attr_call(node)
-            if a and (libs is None or a[0] in libs) and not any(u.line == node.lineno and u.module == a[1] for u in found):
-                found.append(Use(a[0], a[1], a[2], node.lineno))
-            if isinstance(node, ast.Call):
-                target = node.func
-                u = bound.get(target.id) if isinstance(target, ast.Name) else None
-                direct = _attr_call(target)
-                if direct:
-                    u = next(x for x in found if x.line == target.lineno and x.module == direct[1])
-                if u is not None:
-                    u.calls.append(_call_shape(node))
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound:
-                bound[node.value.id].members.append((node.lineno, node.attr))
-        for u in bound.values():
-            match = next((x for x in found if x.line == u.line and x.module == u.module), None)
-            if match is not None:
-                match.calls += u.calls
-                match.members += u.members
-    return found
+        bound = {node.targets[0].id: found[(node.value.lineno, node.value.col_offset)] for node in ast.walk(scope)
+                 if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                 and (node.value.lineno, node.value.col_offset) in found and isinstance(node.value, ast.Call)}
+        _record(scope, bound, found, first=scope is tree)
+    return list(found.values())
+
+
+def _record(scope, bound: dict, found: dict, first: bool) -> None:
+    """Calls and member reads in ``scope`` on bound names (and, once, on direct ``LIB.attr(...)`` calls)."""
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Call):
+            f = node.func
+            u = bound.get(f.id) if isinstance(f, ast.Name) else None
+            if u is None and first and isinstance(f, ast.Call):
+                u = found.get((f.lineno, f.col_offset))
+            if u is not None and _call_shape(node) not in u.calls:
+                u.calls.append(_call_shape(node))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound:
+            m = (node.lineno, node.attr)
+            if m not in bound[node.value.id].members:
+                bound[node.value.id].members.append(m)
 
 
 # ---- binding -----------------------------------------------------------------------------------------

@@ -153,3 +153,53 @@ def compare_bits(out: torch.Tensor, ref: torch.Tensor) -> dict:
     if out.is_floating_point() and out.element_size() > 1:
         res["max_ulp"] = int((a.to(torch.int64) - b.to(torch.int64)).abs().max()) if a.numel() else 0
     return res
+
+
+# --------------------------------------------------------------------------------------------
+# Other anchors' rules, as second verdicts (moeacc run/check --rule, the pytest plugin)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RuleVerdict:
+    rule: str
+    passed: bool
+    detail: str
+
+
+def _vllm_rule(out: torch.Tensor, ref: torch.Tensor) -> RuleVerdict:
+    """vLLM's ``check_accuracy(ref, out, atol=0, rtol=0.3, percent=0.8)``: an element mismatches when
+    ``|ref - out| > atol + rtol * |out|`` (relative to the kernel OUTPUT); more than 20% mismatching
+    fails; a NaN or Inf in either tensor raises (a failure here).
+    Source: vllm 0.33.0 ``tests/kernels/moe/utils.py:588-608``; call ``tests/kernels/moe/test_ocp_mx_moe.py:977``.
+    """
+    a, b = ref.to(torch.float32), out.to(torch.float32)
+    for t, what in ((a, "reference"), (b, "output")):
+        if not bool(torch.isfinite(t).all()):
+            return RuleVerdict("vllm", False, f"NaN/Inf in the {what} (check_accuracy raises)")
+    count = torch.sum((a - b).abs() > 0.0 + 0.3 * b.abs())
+    frac = float(count / max(a.numel(), 1))  # a float32 quotient, as vLLM's: exactly 20% fails (0.2f > 1 - 0.8)
+    return RuleVerdict("vllm", not frac > 1 - 0.8, f"{frac:.2%} of elements outside 0.3*|out| (fail above 20%)")
+
+
+def _flashinfer_bench_rule(out: torch.Tensor, ref: torch.Tensor) -> RuleVerdict:
+    """flashinfer-bench: an element fails when ``abs > 1e-2`` and ``abs / (|ref| + 1e-8) > 1e-2``;
+    MoE definitions need 95% matched; any NaN/Inf in the output fails at once (the reference is
+    not checked).
+    Source: flashinfer-bench v0.1.2 ``bench/utils.py:91-118``, ``bench/config.py:21-22``,
+    ``bench/evaluators/lowbit.py:24-25`` (0.95), ``evaluators/default.py:140-156`` (NaN/Inf).
+    """
+    x, y = out.to(torch.float32), ref.to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        return RuleVerdict("flashinfer-bench", False, "NaN/Inf in the output")
+    err = (x - y).abs()
+    bad = (err > 1e-2) & (err / (y.abs() + 1e-8) > 1e-2)
+    matched = 1.0 - int(bad.sum()) / max(x.numel(), 1)  # python floats, as flashinfer-bench's
+    return RuleVerdict("flashinfer-bench", not matched < 0.95, f"{matched:.2%} matched at atol=rtol=1e-2 (need 95%)")
+
+
+RULES = {"vllm": _vllm_rule, "flashinfer-bench": _flashinfer_bench_rule}
+RULE_NAMES = ("moeacc",) + tuple(RULES)
+
+
+def other_verdicts(out: torch.Tensor, ref: torch.Tensor, rules) -> dict:
+    """Each named rule's verdict on ``out`` (``moeacc`` is the row's own verdict, not repeated here)."""
+    return {r: (v := RULES[r](out, ref)).__dict__ | {"rule": v.rule} for r in rules if r in RULES}

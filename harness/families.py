@@ -6,7 +6,9 @@ one entry here."""
 from __future__ import annotations
 
 from harness.backends.base import Backend, Family
-from harness.backends.emulated import EmulatedAiterMxfp4, EmulatedFp8Block, EmulatedInterleavedMx, EmulatedSm90W4A16
+from harness.backends.emulated import EmulatedAiterMxfp4, EmulatedInterleavedMx
+from harness.backends.emulated_cutlass import (EmulatedCutlassBf16, EmulatedFp8Block, EmulatedFp8BlockUpGate,
+                                               EmulatedSm90W4A16, EmulatedSm90W4A16V2)
 from harness.faults import FAULTS_BY_NAME, Fault
 
 
@@ -16,16 +18,20 @@ def _family(name: str, twin: type, *faults: str) -> Family:
     return fam
 
 
-SM90_W4A16 = _family(
-    "sm90-w4a16", EmulatedSm90W4A16, "weights-not-sm90-interleaved", "scales-not-sm90-interleaved", "gate-up-swapped",
-    "checkpoint-rows-not-deinterleaved", "swiglu-limit-dropped", "swiglu-params-dropped", "beta-dropped",
-    "limit-operands-swapped", "gate-clamped-both-sides", "rsf-applied-to-shared", "fp4-nibbles-swapped",
-    "e8m0-bias-off-by-one", "e8m0-ceil-instead-of-floor")
+_SM90 = ("weights-not-sm90-interleaved", "gate-up-swapped", "checkpoint-rows-not-deinterleaved", "swiglu-limit-dropped",
+         "swiglu-params-dropped", "beta-dropped", "limit-operands-swapped", "gate-clamped-both-sides",
+         "rsf-applied-to-shared", "fp4-nibbles-swapped", "e8m0-bias-off-by-one", "e8m0-ceil-instead-of-floor")
+SM90_W4A16 = _family("sm90-w4a16", EmulatedSm90W4A16, *_SM90, "scales-not-sm90-interleaved")
+SM90_W4A16_V2 = _family("sm90-w4a16-v2", EmulatedSm90W4A16V2, *_SM90, "scales-not-sm90-folded")
+CUTLASS_BF16 = _family("cutlass-bf16", EmulatedCutlassBf16, "gate-up-swapped", "checkpoint-rows-not-deinterleaved",
+                       "swiglu-limit-dropped", "swiglu-params-dropped", "beta-dropped", "rsf-applied-to-shared")
 FP8_BLOCK = _family("fp8-block", EmulatedFp8Block, "silu-mul-quant-limit-dropped", "rsf-applied-to-shared",
                     "ue8m0-scales-for-fp32")
+FP8_BLOCK_UP_GATE = _family("fp8-block-up-gate", EmulatedFp8BlockUpGate, "gate-up-swapped", "silu-mul-quant-limit-dropped",
+                            "rsf-applied-to-shared", "ue8m0-scales-for-fp32")
 INTERLEAVED_MXFP4 = _family("interleaved-mxfp4", EmulatedInterleavedMx, "separated-rows-where-interleaved-expected")
 AITER_MXFP4 = _family("aiter-mxfp4", EmulatedAiterMxfp4, "shuffle-flag-lost")
-FAMILIES = (SM90_W4A16, FP8_BLOCK, INTERLEAVED_MXFP4, AITER_MXFP4)
+FAMILIES = (SM90_W4A16, SM90_W4A16_V2, CUTLASS_BF16, FP8_BLOCK, FP8_BLOCK_UP_GATE, INTERLEAVED_MXFP4, AITER_MXFP4)
 
 
 def honours(base: Backend, fault: Fault) -> bool:

@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from harness.backends.emulated import Combines, EmulatedAiterMxfp4, EmulatedFp8Block, EmulatedInterleavedMx, EmulatedSm90W4A16
+from harness.backends.emulated import Combines, EmulatedAiterMxfp4, EmulatedInterleavedMx
+from harness.backends.emulated_cutlass import EmulatedFp8Block, EmulatedSm90W4A16
 from harness.cases import layer_output
 from references import formats as F
 from references.activations import swiglu
@@ -42,6 +43,10 @@ def _identity_layout(self, t):
 
 def _order(order: GateUpOrder):
     return lambda self, data: order
+
+
+def _swapped(self, data):
+    return GateUpOrder.GATE_UP if self.kernel_order is GateUpOrder.UP_GATE else GateUpOrder.UP_GATE
 
 
 def _checkpoint_order(self, data):
@@ -93,8 +98,11 @@ FAULTS: tuple[Fault, ...] = (
     Fault("scales-not-sm90-interleaved", SM90.interleave_scales, _identity_layout,
           "the block scales were not SM90-interleaved (interleave_moe_scales_for_sm90_mixed_gemm skipped)",
           needs=lambda c: max(-(-c.hidden // 128), -(-c.intermediate // 128)) > 1),
-    Fault("gate-up-swapped", SM90.fc1_order, _order(GateUpOrder.GATE_UP),
-          "fc1 was fed as [gate; up] where the kernel expects [up; gate]"),
+    # the v2 fold (0.6.16+, 0.7.x) moves rows within 64-row blocks: visible at every K
+    Fault("scales-not-sm90-folded", SM90.interleave_scales, _identity_layout,
+          "the block scales were not folded (interleave_moe_scales_for_sm90_mixed_gemm of FlashInfer >= 0.6.16 skipped)"),
+    Fault("gate-up-swapped", SM90.fc1_order, _swapped,
+          "fc1's gate and up halves were swapped ([gate; up] where the kernel reads [up; gate], or the reverse)"),
     # GPT-OSS checkpoints interleave gate/up rows
     Fault("checkpoint-rows-not-deinterleaved", SM90.fc1_order, _checkpoint_order,
           "fc1 kept the checkpoint's row order (GPT-OSS interleaved gate/up rows) where [up; gate] is expected",

@@ -41,6 +41,7 @@ class Task:
     heatmap_dir: str | None = None
     attempt: int = 0      # how many workers died on this case before any of these backends started
     repeat: int | None = None  # runs per row for the determinism check (None: the case's)
+    rules: tuple = ("moeacc",)  # compare rules recorded (the first decides)
 
 
 def _worker_main(inbox, outbox, gpu: int | None) -> None:
@@ -73,7 +74,7 @@ def _worker_main(inbox, outbox, gpu: int | None) -> None:
                 poisoned.append(row.message)
 
         run_case(task.case, backends, task.device, kind, on_row, task.diagnose, task.heatmap_dir,
-                 on_start=on_start, stop=lambda: bool(poisoned), repeat=task.repeat)
+                 on_start=on_start, stop=lambda: bool(poisoned), repeat=task.repeat, rules=task.rules)
         outbox.put(("done",))
         if poisoned:
             return  # exit: the CUDA context is not to be trusted after a sticky error
@@ -143,7 +144,7 @@ def _requeue(run: "_Running", todo: list[Task], emit, new_row, cause: str, start
             emit(_crash_row(run.task, b, f"{cause} (twice, before this backend started)", new_row))
         return
     t = run.task
-    todo.insert(0, Task(t.case, list(run.pending), t.device, t.diagnose, t.heatmap_dir, attempt, t.repeat))
+    todo.insert(0, Task(t.case, list(run.pending), t.device, t.diagnose, t.heatmap_dir, attempt, t.repeat, t.rules))
 
 
 class Pool:

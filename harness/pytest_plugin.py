@@ -36,6 +36,8 @@ def pytest_addoption(parser):
     g.addoption("--moeacc-tier", default=None, help="case tiers (default: smoke on CPU, all on GPU)")
     g.addoption("--moeacc-report", default=None, help="write results.json + report.md here at session end")
     g.addoption("--moeacc-shard", default=None, help="I/N: run every N-th case starting at I")
+    g.addoption("--moeacc-rule", action="append", default=None,
+                help="compare rule(s): moeacc, vllm, flashinfer-bench or all; the first decides, all are recorded")
 
 
 def _worker_gpu():
@@ -95,6 +97,13 @@ def moeacc_device(request):
     from harness.device import device_info, resolve_device
     dev = resolve_device(request.config.getoption("moeacc_device"))
     return dev, device_info(dev)["kind"]
+
+
+@pytest.fixture(scope="session")
+def moeacc_rules(request) -> tuple:
+    """The compare rules of this session (--moeacc-rule): pass to ``run_one(..., rules=...)``."""
+    from harness.cli.common import parse_rules
+    return parse_rules(request.config.getoption("moeacc_rule") or ())
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import torch
 
 from harness.backends.base import Backend
 from harness.cases import Case, CaseContext
-from harness.compare import compare_bits, compute_metrics, judge
+from harness.compare import compare_bits, compute_metrics, judge, other_verdicts
 from harness.diagnose import diagnose
 from harness.results import ResultRow, Status
 
@@ -54,9 +54,11 @@ def new_row(backend: str, case: Case, device: str) -> ResultRow:
                      shape=case.short(), tags=list(case.tags))
 
 
-def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=None, repeat: int | None = None) -> ResultRow:
+def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=None, repeat: int | None = None,
+            rules: tuple = ("moeacc",)) -> ResultRow:
     """One row. With ``repeat`` (default: the case's) above 1 the backend runs that many times on
-    the same inputs and a changing output fails the row as ``nondeterministic``."""
+    the same inputs and a changing output fails the row as ``nondeterministic``. ``rules``: the
+    compare rules whose verdicts the row records; the first decides its status."""
     case = ctx.case
     ctx.last_out = None
     row = new_row(backend.name, case, ctx.device)
@@ -87,7 +89,8 @@ def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=No
         m = compute_metrics(out, ref, limits)
         v = judge(m, limits)
         row.status, row.message, row.metrics = Status.PASS if v.passed else Status.FAIL, v.message, m.as_dict()
-        row.failure = None if v.passed else "accuracy"
+        _apply_rules(row, out, ref, rules)
+        row.failure = None if row.status is Status.PASS else "accuracy"
         if len(outs) > 1:
             _judge_repeats(row, outs, backend)
         row.backend_notes = backend.notes() or None
@@ -100,6 +103,22 @@ def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=No
     finally:
         row.duration_s = round(time.perf_counter() - t0, 4)
     return row
+
+
+def _apply_rules(row: ResultRow, out: torch.Tensor, ref: torch.Tensor, rules: tuple) -> None:
+    """Record the other rules' verdicts; a non-moeacc first rule decides the status; say where they disagree."""
+    others = other_verdicts(out, ref, rules)
+    if not others:
+        return
+    row.verdicts = {"moeacc": {"passed": row.status is Status.PASS, "detail": row.message}} | \
+        {k: {"passed": v["passed"], "detail": v["detail"]} for k, v in others.items()}
+    if rules[0] != "moeacc":
+        decide = row.verdicts[rules[0]]
+        row.status = Status.PASS if decide["passed"] else Status.FAIL
+        row.message = f"[{rules[0]}] {decide['detail']}" + ("" if decide["passed"] else f"; moeacc: {row.verdicts['moeacc']['detail']}")
+    if len({v["passed"] for v in row.verdicts.values()}) > 1:
+        row.verdicts["disagree"] = sorted(k for k, v in row.verdicts.items() if isinstance(v, dict) and v["passed"]
+                                          != row.verdicts[rules[0]]["passed"])
 
 
 def _judge_repeats(row: ResultRow, outs: list[torch.Tensor], backend: Backend) -> None:
@@ -141,7 +160,7 @@ def _heatmap(out, ref, folder, case: str, backend: str) -> str | None:
 
 def run_case(case: Case, backends: list[Backend], device: str, device_kind: str, on_row: Callable[[ResultRow], None],
              diagnose_failures: bool = False, heatmap_dir=None, on_start: Callable | None = None,
-             stop: Callable[[], bool] = lambda: False, repeat: int | None = None) -> list[ResultRow]:
+             stop: Callable[[], bool] = lambda: False, repeat: int | None = None, rules: tuple = ("moeacc",)) -> list[ResultRow]:
     """Every backend on one case (inputs and reference made once); ``on_start(case, backend)``
     before each, and no further backend once ``stop()`` is true."""
     ctx = CaseContext(case, device)
@@ -151,7 +170,7 @@ def run_case(case: Case, backends: list[Backend], device: str, device_kind: str,
             break
         if on_start is not None:
             on_start(case, b)
-        row = run_one(b, ctx, device_kind, heatmap_dir, repeat)
+        row = run_one(b, ctx, device_kind, heatmap_dir, repeat, rules)
         if diagnose_failures and row.status is Status.FAIL:
             row.diagnosis = diagnose_row(b, ctx)
         on_row(row)

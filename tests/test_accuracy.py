@@ -10,9 +10,9 @@ from harness.results import Status
 from harness.runner import run_one
 
 
-def test_case(moeacc_case, moeacc_backend, moeacc_device, moeacc_record):
+def test_case(moeacc_case, moeacc_backend, moeacc_device, moeacc_record, moeacc_rules):
     device, kind = moeacc_device
-    row = run_one(moeacc_backend, CaseContext(moeacc_case, device), kind)
+    row = run_one(moeacc_backend, CaseContext(moeacc_case, device), kind, rules=moeacc_rules)
     moeacc_record(row)
     if row.status is Status.SKIPPED:
         pytest.skip(row.message)

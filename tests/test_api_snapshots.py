@@ -43,10 +43,11 @@ def _called(path, var, doc):
     return None
 
 
-@pytest.mark.parametrize("path,var,snap", [p for p in PAIRS if _called(p[0], p[1], snapshot(p[2]))],
-                         ids=lambda v: getattr(v, "name", str(v)))
+@pytest.mark.parametrize("path,var,snap", PAIRS, ids=lambda v: getattr(v, "name", str(v)))
 def test_renaming_one_keyword_in_the_snapshot_fails(path, var, snap):
     doc = copy.deepcopy(snapshot(snap))
+    if _called(path, var, doc) is None:
+        pytest.skip(f"{path.name} makes no keyword call into {snap}")
     key, kw = _called(path, var, doc)
     for p in doc["symbols"][key]["params"]:
         if p["name"] == kw:
@@ -56,7 +57,8 @@ def test_renaming_one_keyword_in_the_snapshot_fails(path, var, snap):
 
 
 def test_removed_function_and_new_required_argument_fail():
-    path, var, snap = next((p for p in PAIRS if _called(p[0], p[1], snapshot(p[2]))), (None, None, None))
+    have = [p for p in PAIRS if (SNAPSHOT_DIR / f"{p[2]}.json").exists()]
+    path, var, snap = next((p for p in have if _called(p[0], p[1], snapshot(p[2]))), (None, None, None))
     if path is None:
         pytest.skip("no adapter call with keywords")
     doc = snapshot(snap)

@@ -8,7 +8,7 @@ import torch
 
 import harness.backends.base as B
 import harness.backends.registry as R
-from harness.backends.emulated import EmulatedSm90W4A16
+from harness.backends.emulated_cutlass import EmulatedSm90W4A16
 from harness.backends.flashinfer.build import select_sources, trim_spec
 from harness.backends.flashinfer.sm90_w4a16 import FlashInferSm90W4A16
 from harness.cases import CaseContext, load_cases
@@ -44,8 +44,14 @@ def test_device_and_package_gates(monkeypatch):
     fb = FlashInferSm90W4A16()
     assert fb.device_gate("cpu") == "needs sm90, found cpu"
     assert fb.device_gate("sm100") == "needs sm90, found sm100"
-    monkeypatch.setattr(B.importlib.util, "find_spec", lambda name: None)
+    import harness.backends.libapi as L
+    monkeypatch.setattr(L.importlib.util, "find_spec", lambda name: None)
     assert fb.device_gate("sm90") == "flashinfer-python not installed"
+    monkeypatch.setattr(L.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(L.importlib.metadata, "version", lambda dist: "0.8.0")
+    assert fb.device_gate("sm90") == "written for flashinfer-python>=0.6.12,<0.7.3, found 0.8.0 (--force to run anyway)"
+    monkeypatch.setenv(L.FORCE_ENV, "1")
+    assert fb.device_gate("sm90") is None
 
 
 def test_case_gates():

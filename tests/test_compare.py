@@ -76,3 +76,48 @@ def test_threshold_overrides_validate():
     assert THRESHOLDS["w4a16"].with_overrides(max_mismatch=0.5).max_mismatch == 0.5
     with pytest.raises(ValueError, match="unknown threshold field"):
         THRESHOLDS["w4a16"].with_overrides(max_mistmatch=0.5)
+
+
+def test_vllm_rule_is_relative_to_the_output_and_counts_20_percent():
+    from harness.compare import RULES
+    ref = torch.ones(10)
+    out = torch.ones(10)
+    out[:1] = 0.5  # |ref-out| = 0.5 > 0.3*0.5: 1 of 10 mismatch
+    assert RULES["vllm"](out, ref).passed
+    out[1] = 0.5  # exactly 20%: vLLM's float32 quotient 0.2f exceeds 1 - 0.8 in Python, so it fails
+    v = RULES["vllm"](out, ref)
+    assert not v.passed and "20.00%" in v.detail
+    # relative to |out|, not |ref|: out = 1.35 passes (|ref-out| = 0.35 <= 0.3*1.35, though > 0.3*|ref|)
+    assert RULES["vllm"](torch.full((4,), 1.35), torch.ones(4)).passed
+    nan = ref.clone()
+    nan[0] = float("nan")
+    assert not RULES["vllm"](out, nan).passed  # NaN in the reference raises in vLLM
+
+
+def test_flashinfer_bench_rule_needs_both_tolerances_and_95_percent():
+    from harness.compare import RULES
+    ref = torch.full((100,), 1.0)
+    out = ref.clone()
+    out[:5] += 0.5  # 5% exceed both atol and rtol
+    assert RULES["flashinfer-bench"](out, ref).passed
+    out[5] += 0.5
+    assert not RULES["flashinfer-bench"](out, ref).passed
+    small = torch.full((100,), 1e-3)
+    assert RULES["flashinfer-bench"](small * 5, small).passed  # abs error 4e-3 < atol: fine whatever rel
+    inf = ref.clone()
+    inf[0] = float("inf")
+    assert not RULES["flashinfer-bench"](inf, ref).passed
+    assert RULES["flashinfer-bench"](ref, inf).passed  # a NaN/Inf in the reference is not checked (as the source)
+
+
+def test_rules_recorded_and_disagreement_flagged():
+    from harness.backends.emulated_cutlass import EmulatedSm90W4A16
+    from harness.cases import CaseContext, load_cases
+    from harness.runner import run_one
+    (case,) = load_cases(["cases"], "w4a16-gptoss-small")
+    row = run_one(EmulatedSm90W4A16(), CaseContext(case, "cpu"), "cpu", rules=("moeacc", "vllm", "flashinfer-bench"))
+    assert set(row.verdicts) >= {"moeacc", "vllm", "flashinfer-bench"} and row.status.value == "pass"
+    # flashinfer-bench's 1e-2 absolute tolerance rejects a correct MXFP4 kernel against an fp32 reference
+    assert row.verdicts["disagree"] == ["flashinfer-bench"]
+    decided = run_one(EmulatedSm90W4A16(), CaseContext(case, "cpu"), "cpu", rules=("flashinfer-bench", "moeacc"))
+    assert decided.status.value == "fail" and decided.message.startswith("[flashinfer-bench]")

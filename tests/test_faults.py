@@ -52,7 +52,7 @@ def test_correct_backend_diagnosis_says_no_fault():
 
 
 def test_unexplained_failure_is_said_plainly():
-    from harness.backends.emulated import EmulatedSm90W4A16
+    from harness.backends.emulated_cutlass import EmulatedSm90W4A16
 
     class Garbage(EmulatedSm90W4A16):
         name = "garbage"

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from harness.backends.emulated import EmulatedSm90W4A16
+from harness.backends.emulated_cutlass import EmulatedSm90W4A16
 from harness.backends.registry import select_backends
 from harness.faults import FAULTS
 from harness.fuzz.engine import FuzzOptions, fuzz

@@ -4,7 +4,8 @@ probes are gated (skipped with a reason) without a GPU."""
 import pytest
 import torch
 
-from harness.probes import _mode_match, all_probes, run_probes, unswizzle_128x4
+from harness.probes import all_probes, run_probes
+from harness.probes.flashinfer import _mode_match, unswizzle_128x4
 from references import formats as F
 
 
@@ -40,4 +41,14 @@ def test_mode_match_identifies_mode_and_layout(mode, swizzled):
 def test_probes_skip_without_gpu():
     rows = run_probes(all_probes(), "cpu", "cpu", lambda r: None)
     assert rows and all(r.status.value == "skipped" for r in rows)
-    assert {r.message for r in rows} <= {"needs sm90+, found cpu", "needs cuda, found cpu"}
+    assert {r.message for r in rows} <= {"needs sm90+, found cpu", "needs cuda, found cpu", "needs sm100+, found cpu",
+                                         "needs sm80 or sm86 or sm89 or sm90, found cpu"}
+
+
+def test_quantizer_probes_are_gated_to_sm100():
+    """FlashInfer compiles its MX/NV quantize kernels for sm100+ only: on sm90 those probes are not
+    run (no failing row every night); the unsupported-arch probe records what sm90 does instead."""
+    by = {p.name: p for p in all_probes()}
+    for name in ("flashinfer-mxfp8-quantize", "flashinfer-mxfp4-quantize", "flashinfer-nvfp4-quantize"):
+        assert by[name].device_gate("sm90") == "needs sm100+, found sm90"
+    assert by["flashinfer-quantize-unsupported-arch"].device_gate("sm100") == "needs sm80 or sm86 or sm89 or sm90, found sm100"

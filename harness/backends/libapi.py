@@ -71,12 +71,13 @@ class Library:
 
 
 def adapter_modules() -> dict[Path, dict[str, Library]]:
-    """Each adapter module under harness/backends with the Library objects it holds, by variable name."""
+    """Each module under harness/backends (and the probes) with the Library objects it holds, by name."""
     import importlib
     pkg = Path(__file__).resolve().parent
     out = {}
-    for path in sorted(pkg.rglob("*.py")):
-        mod = importlib.import_module("harness." + ".".join(path.relative_to(pkg.parent).with_suffix("").parts))
+    for path in sorted(pkg.rglob("*.py")) + sorted(pkg.parent.glob("probes*.py")) + sorted(pkg.parent.glob("probes/*.py")):
+        parts = path.relative_to(pkg.parent).with_suffix("").parts
+        mod = importlib.import_module(".".join(("harness",) + tuple(p for p in parts if p != "__init__")))
         libs = {k: v for k, v in vars(mod).items() if isinstance(v, Library)}
         if libs:
             out[path] = libs

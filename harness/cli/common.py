@@ -85,3 +85,19 @@ def backends_or_fail(patterns: str | None):
         return select_backends(patterns)
     except KeyError as e:
         fail(str(e.args[0]))
+
+
+def rule_option(f):
+    from harness.compare import RULE_NAMES
+    return click.option("--rule", "rules", multiple=True, type=click.Choice(RULE_NAMES + ("all",)),
+                        help="compare rule(s): the first decides the verdict, every one is recorded in the row "
+                             "(moeacc: this project's; vllm: check_accuracy; flashinfer-bench); all: the three")(f)
+
+
+def parse_rules(rules) -> tuple:
+    from harness.compare import RULE_NAMES
+    if not rules:
+        return ("moeacc",)
+    if "all" in rules:
+        return (rules[0] if rules[0] != "all" else "moeacc",) + tuple(r for r in RULE_NAMES if r != rules[0])
+    return tuple(dict.fromkeys(rules))

@@ -66,7 +66,7 @@ def _gpus(dev: str) -> list[int | None]:
 
 
 def execute(plan: RunPlan, dev: str, info: dict, writer: RunWriter, done: set, *, isolate: bool, timeout: float | None,
-            diagnose: bool, heatmap_dir, quiet: bool, repeat: int | None = None) -> list[ResultRow]:
+            diagnose: bool, heatmap_dir, quiet: bool, repeat: int | None = None, rules: tuple = ("moeacc",)) -> list[ResultRow]:
     """Run the plan's missing (case, backend) pairs and probes, streaming each row to ``writer``."""
     from harness.probes import run_probes
     todo = [(c, [b for b in plan.backends if (c.name, b.name) not in done]) for c in plan.cases]
@@ -82,19 +82,20 @@ def execute(plan: RunPlan, dev: str, info: dict, writer: RunWriter, done: set, *
             prog.update(bar, advance=1, description=f"{row.case} / {row.backend}"[:60])
 
         if isolate:
-            _isolated(todo, dev, on_row, timeout, diagnose, heatmap_dir, repeat)
+            _isolated(todo, dev, on_row, timeout, diagnose, heatmap_dir, repeat, rules)
         else:
             from harness.runner import run_case
             for case, bs in todo:
-                run_case(case, bs, dev, info["kind"], on_row, diagnose, heatmap_dir, repeat=repeat)
+                run_case(case, bs, dev, info["kind"], on_row, diagnose, heatmap_dir, repeat=repeat, rules=rules)
         probes = [p for p in plan.probes if not any(r["backend"] == p.name for r in writer.doc["rows"])]
         run_probes(probes, dev, info["kind"], on_row)
     return rows
 
 
-def _isolated(todo, dev, on_row, timeout, diagnose, heatmap_dir, repeat) -> None:
+def _isolated(todo, dev, on_row, timeout, diagnose, heatmap_dir, repeat, rules) -> None:
     from harness.isolation import Task, run_isolated
     from harness.runner import new_row
-    tasks = [Task(c, [b.name for b in bs], dev, diagnose, str(heatmap_dir) if heatmap_dir else None, repeat=repeat)
+    tasks = [Task(c, [b.name for b in bs], dev, diagnose, str(heatmap_dir) if heatmap_dir else None, repeat=repeat,
+                  rules=rules)
              for c, bs in todo]
     run_isolated(tasks, on_row, lambda b, c: new_row(b, c, dev), timeout=timeout, gpus=_gpus(dev))

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import click
 
-from harness.cli.common import cases_options, console, device_or_fail
+from harness.cli.common import cases_options, console, device_or_fail, parse_rules, rule_option
 from harness.cli.execute import RunPlan, execute, open_writer, resume_writer, resumed_selection
 from harness.cli.tables import print_rows
 from harness.device import device_slug, package_versions
+from harness.backends.libapi import FORCE_ENV
 from harness.report import new_document
 from harness.results import Status
 
@@ -37,16 +38,21 @@ from harness.results import Status
               help="run each row this many times on identical inputs; a changing output fails it (default: each case's)")
 @click.option("--resume", "resume_dir", type=click.Path(), default=None,
               help="finish an interrupted run: keep its rows, run the missing (case, backend) pairs")
+@click.option("--force", is_flag=True, help="run backends outside the library versions they were written for")
+@rule_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, diagnose, code_under_test, probes,
-        heatmaps, isolate, timeout, repeat, resume_dir, quiet):
+        heatmaps, isolate, timeout, repeat, resume_dir, force, rules, quiet):
     """Run cases against backends; write results.json + report.md; exit 1 if any row fails or errors."""
     if resume_dir:
         sel = resumed_selection(resume_dir)
         sel["cases"] = [str(Path(resume_dir) / p) for p in sel["cases"]]
         cases_paths, pattern, tags, backends, tier = sel["cases"], sel["case"], sel["tag"], sel["backend"], sel["tier"]
         device, probes, diagnose, heatmaps = sel["device"], sel["probes"], sel["diagnose"], sel["heatmaps"]
-        repeat = sel.get("repeat")
+        repeat, rules = sel.get("repeat"), tuple(sel.get("rules") or ())
+    rules = parse_rules(rules)
+    if force:
+        os.environ[FORCE_ENV] = "1"
     dev, info = device_or_fail(device)
     plan = RunPlan.make(cases_paths, pattern, tags, backends, tier, info, probes)
     if resume_dir:
@@ -59,7 +65,7 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
         rel = [os.path.relpath(Path(p).resolve(), out_dir.resolve()) for p in cases_paths]
         doc["selection"] = {"cases": rel, "case": pattern, "tag": list(tags), "backend": backends,
                             "tier": tier, "device": device, "probes": probes, "diagnose": diagnose, "heatmaps": heatmaps,
-                            "repeat": repeat}
+                            "repeat": repeat, "rules": list(rules)}
         writer = open_writer(out_dir, doc)
     done = {(r["case"], r["backend"]) for r in writer.doc["rows"]}
     isolate = info["kind"] != "cpu" if isolate is None else isolate
@@ -67,7 +73,7 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
                   f"{', isolated' if isolate else ''}{f', resuming ({len(done)} rows kept)' if resume_dir else ''} -> {out_dir}",
                   highlight=False)
     rows = execute(plan, dev, info, writer, done, isolate=isolate, timeout=timeout or None, diagnose=diagnose,
-                   heatmap_dir=out_dir if heatmaps else None, quiet=quiet, repeat=repeat)
+                   heatmap_dir=out_dir if heatmaps else None, quiet=quiet, repeat=repeat, rules=rules)
     doc = writer.close()
     print_rows(rows)
     s = doc["summary"]["total"]
@@ -83,7 +89,9 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
 @click.option("--isolate/--no-isolate", default=None, help="run in a worker process, so a crash is a verdict [default: on a GPU]")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds a row may take when isolated")
 @click.option("--repeat", type=int, default=None, help="runs per case for the determinism check (default: each case's)")
-def check(cases_paths, pattern, tags, backend, device, isolate, timeout, repeat):
+@click.option("--force", is_flag=True, help="run outside the library versions the backend was written for")
+@rule_option
+def check(cases_paths, pattern, tags, backend, device, isolate, timeout, repeat, force, rules):
     """For `git bisect run`: exit 0 pass, 1 fail (wrong, nondeterministic, or the kernel crashed or
     hung), 125 cannot run here (gate, missing library, build or set-up error, bad case)."""
     from harness.backends.registry import select_backends
@@ -100,15 +108,17 @@ def check(cases_paths, pattern, tags, backend, device, isolate, timeout, repeat)
     if not cases or len(chosen) != 1:
         console.print(f"moeacc check: cannot run: {len(cases)} cases and {len(chosen)} backends matched (need >=1 and 1)")
         sys.exit(125)
-    kind = device_info(dev)["kind"]
+    kind, rules = device_info(dev)["kind"], parse_rules(rules)
+    if force:
+        os.environ[FORCE_ENV] = "1"
     if (kind != "cpu") if isolate is None else isolate:
         from harness.isolation import Task, run_isolated
         from harness.runner import new_row
-        rows = run_isolated([Task(c, [chosen[0].name], dev, repeat=repeat) for c in cases], lambda r: None,
+        rows = run_isolated([Task(c, [chosen[0].name], dev, repeat=repeat, rules=rules) for c in cases], lambda r: None,
                             lambda b, c: new_row(b, c, dev), timeout=timeout or None)
     else:
         from harness.runner import run_case
-        rows = [r for c in cases for r in run_case(c, chosen, dev, kind, lambda r: None, repeat=repeat)]
+        rows = [r for c in cases for r in run_case(c, chosen, dev, kind, lambda r: None, repeat=repeat, rules=rules)]
     for r in rows:
         console.print(f"{r.status.value:7s} {r.case} / {r.backend}: {r.message}", highlight=False)
     sys.exit(check_exit_code(rows))

@@ -95,6 +95,12 @@ def render_markdown(doc: dict, max_failures: int = 30) -> str:
     skipped = [r for r in rows if r["status"] == "skipped"]
     if skipped:
         lines += _skipped(skipped)
+    split = [r for r in rows if (r.get("verdicts") or {}).get("disagree")]
+    if split:
+        lines += ["", f"### Compare rules disagree ({len(split)})", ""]
+        lines.append(table([[f"`{r['case']}`", r["backend"]] + [("✅ " if v["passed"] else "❌ ") + _cell(v["detail"])
+                                                              for k, v in r["verdicts"].items() if k != "disagree"]
+                            for r in split], ["case", "backend"] + [k for k in split[0]["verdicts"] if k != "disagree"]))
     notes = {r["backend"]: r["backend_notes"] for r in rows if r.get("backend_notes")}
     if notes:
         lines += ["", "### Backend notes", ""]

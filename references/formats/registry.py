@@ -106,6 +106,10 @@ WEIGHT_FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
                  lambda w, r: QTensor(*fp8.fp8_block_quantize(w, (128, 128), r.fp8_scale)),
                  lambda q, name, dtype: fp8.fp8_block_dequantize(q.data, q.scale, (128, 128)),
                  layouts=("DeepGEMM contiguous grouped (m_indices)",), source="DeepSeek-V3 / DeepGEMM"),
+    WeightFormat("fp8_rowwise", "e4m3", 16, "fp32 (or UE8M0) per output row, over all of K", False, False,
+                 lambda w, r: QTensor(*fp8.fp8_group_quantize(w, w.shape[-1], r.fp8_scale)),
+                 lambda q, name, dtype: fp8.fp8_group_dequantize(q.data, q.scale, q.data.shape[-1]),
+                 layouts=("torch._scaled_grouped_mm rowwise",), source="torchao float8 rowwise recipe"),
 )}
 
 
@@ -124,19 +128,25 @@ class ActQuant(enum.Enum):
     FP8_GROUP = "fp8_group"              # e4m3 per token per 128 channels, fp32 scales (DeepGEMM)
     FP8_GROUP_UE8M0 = "fp8_group_ue8m0"  # the same with scales rounded up to powers of two
     MXFP8 = "mxfp8"                      # OCP MXFP8, E8M0 per 32
+    FP8_TOKEN = "fp8_token"              # e4m3 per token over all channels, fp32 scale (torchao rowwise)
 
     @property
     def group(self) -> int:
-        return mx.MX_BLOCK if self is ActQuant.MXFP8 else 128
+        """The channel multiple the recipe needs (its group; 16 for the per-token recipe's fp8 GEMM)."""
+        return {ActQuant.MXFP8: mx.MX_BLOCK, ActQuant.FP8_TOKEN: 16}.get(self, 128)
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize-dequantize ``x`` the way an A8 kernel sees it (fp32 out).
 
-        Source: DeepGEMM ``per_token_cast_to_fp8`` (1x128, fp32 or UE8M0 scales); OCP MX v1.0 (MXFP8).
+        Source: DeepGEMM ``per_token_cast_to_fp8`` (1x128, fp32 or UE8M0 scales); OCP MX v1.0 (MXFP8);
+        torchao float8 rowwise (one scale per token).
         """
         if self is ActQuant.MXFP8:
             q, s = mx.mx_quantize(x, Element.E4M3, ScaleMode.FLOOR)
             return mx.mx_dequantize(q, s, Element.E4M3, name="activation")
+        if self is ActQuant.FP8_TOKEN:
+            q, s = fp8.fp8_group_quantize(x, x.shape[-1], Fp8Scale.FP32)
+            return fp8.fp8_group_dequantize(q, s, x.shape[-1])
         q, s = fp8.fp8_group_quantize(x, 128, Fp8Scale.UE8M0 if self is ActQuant.FP8_GROUP_UE8M0 else Fp8Scale.FP32)
         return fp8.fp8_group_dequantize(q, s, 128)
 

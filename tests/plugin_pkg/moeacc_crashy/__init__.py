@@ -7,7 +7,7 @@ import ctypes
 import os
 import time
 
-from harness.backends.emulated import EmulatedSm90W4A16
+from harness.backends.emulated_cutlass import EmulatedSm90W4A16
 
 
 class _Crashy(EmulatedSm90W4A16):
