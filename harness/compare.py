@@ -53,6 +53,14 @@ THRESHOLDS: dict[str, Thresholds] = {
 }
 
 
+# Error budgets: a correct kernel is about as accurate as its contract, i.e. as its emulated twin on
+# the same case. A row also fails when its rel_l2 exceeds BUDGET_K x max(twin rel_l2, BUDGET_FLOOR)
+# (a precision regression, e.g. an intermediate kept in FP8 where the contract says bf16).
+# Calibration: benchmarks/calibrate_budget.py (README "Error budgets").
+BUDGET_K = 3.0
+BUDGET_FLOOR = 1e-3
+
+
 @dataclass
 class Metrics:
     numel: int

@@ -17,6 +17,7 @@ from harness.backends.base import Backend
 from harness.cases import CaseContext
 from harness.compare import compute_metrics, judge
 from harness.families import honours, mutant
+from harness.localize import localize as run_localization
 
 
 @dataclass
@@ -41,9 +42,11 @@ class Diagnosis:
     conclusion: str = ""
     best: str | None = None
     seconds: float = 0.0
+    localization: dict | None = None
 
     def summary_dict(self) -> dict:
-        return {"conclusion": self.conclusion, "best": self.best, "top": [asdict(h) for h in self.ranked[:3]]}
+        return {"conclusion": self.conclusion, "best": self.best, "top": [asdict(h) for h in self.ranked[:3]],
+                "localization": self.localization}
 
 
 def _hypothesis(name, cause, out, h_out, th) -> Hypothesis:
@@ -77,8 +80,9 @@ def _rank_faults(twin: Backend, ctx: CaseContext, out: torch.Tensor, d: "Diagnos
     return hyps
 
 
-def diagnose(backend: Backend, ctx: CaseContext, out: torch.Tensor | None = None) -> Diagnosis:
-    """Rank the fault hypotheses for ``backend``'s output on the case of ``ctx`` (run it if not given)."""
+def diagnose(backend: Backend, ctx: CaseContext, out: torch.Tensor | None = None, localize: bool = False) -> Diagnosis:
+    """Rank the fault hypotheses for ``backend``'s output on the case of ``ctx`` (run it if not given);
+    with ``localize``, also run the localization experiments (``harness.localize``) on a failure."""
     t0 = time.perf_counter()
     data, ref = ctx.ensure()
     th = ctx.case.limits
@@ -91,6 +95,9 @@ def diagnose(backend: Backend, ctx: CaseContext, out: torch.Tensor | None = None
     else:
         d.ranked = _rank_faults(backend.family.twin(), ctx, out, d)
         d.best, d.conclusion = _conclude(d.ranked[0], m_ref.mismatch)
+    if localize and d.status == "fail":
+        d.localization = run_localization(backend, ctx, out)
+        d.conclusion += f". Where: {d.localization['sentence']}"
     d.seconds = time.perf_counter() - t0
     return d
 

@@ -42,6 +42,7 @@ class ResultRow:
     repeats: dict | None = None        # determinism check: runs, how many differed, max |diff|
     verdicts: dict | None = None       # other compare rules' verdicts (rule name -> pass/fail + why)
     attempt: dict | None = None        # isolation: worker pid, restarts, exit cause
+    budget: dict | None = None         # error budget: the twin's rel_l2, k, the limit, this row's ratio
 
     _ALWAYS = ("case", "case_file", "backend", "status", "message", "metrics", "thresholds", "repro", "shape",
                "tags", "duration_s", "diagnosis")

@@ -19,9 +19,9 @@ import torch
 
 from harness.backends.base import Backend
 from harness.cases import Case, CaseContext
-from harness.compare import compare_bits, compute_metrics, judge, other_verdicts
 from harness.diagnose import diagnose
 from harness.results import ResultRow, Status
+from harness.verdicts import judge_row
 
 
 def repro_command(case: Case, backend: str, device: str = "auto") -> str:
@@ -84,15 +84,7 @@ def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=No
             outs.append(backend.run(prepared, data))
             _sync(ctx.device)
         ctx.last_out = out = outs[0]
-        limits = backend.limits(case)
-        row.thresholds = limits.__dict__ | {"rule": limits.rule()}
-        m = compute_metrics(out, ref, limits)
-        v = judge(m, limits)
-        row.status, row.message, row.metrics = Status.PASS if v.passed else Status.FAIL, v.message, m.as_dict()
-        _apply_rules(row, out, ref, rules)
-        row.failure = None if row.status is Status.PASS else "accuracy"
-        if len(outs) > 1:
-            _judge_repeats(row, outs, backend)
+        judge_row(row, backend, ctx, outs, ref, rules)
         row.backend_notes = backend.notes() or None
         if heatmap_dir is not None and not v.passed:
             row.heatmap = _heatmap(out, ref, heatmap_dir, case.name, backend.name)
@@ -103,39 +95,6 @@ def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=No
     finally:
         row.duration_s = round(time.perf_counter() - t0, 4)
     return row
-
-
-def _apply_rules(row: ResultRow, out: torch.Tensor, ref: torch.Tensor, rules: tuple) -> None:
-    """Record the other rules' verdicts; a non-moeacc first rule decides the status; say where they disagree."""
-    others = other_verdicts(out, ref, rules)
-    if not others:
-        return
-    row.verdicts = {"moeacc": {"passed": row.status is Status.PASS, "detail": row.message}} | \
-        {k: {"passed": v["passed"], "detail": v["detail"]} for k, v in others.items()}
-    if rules[0] != "moeacc":
-        decide = row.verdicts[rules[0]]
-        row.status = Status.PASS if decide["passed"] else Status.FAIL
-        row.message = f"[{rules[0]}] {decide['detail']}" + ("" if decide["passed"] else f"; moeacc: {row.verdicts['moeacc']['detail']}")
-    if len({v["passed"] for v in row.verdicts.values()}) > 1:
-        row.verdicts["disagree"] = sorted(k for k, v in row.verdicts.items() if isinstance(v, dict) and v["passed"]
-                                          != row.verdicts[rules[0]]["passed"])
-
-
-def _judge_repeats(row: ResultRow, outs: list[torch.Tensor], backend: Backend) -> None:
-    """Compare every repeated output with the first, bit for bit; fail a deterministic backend whose
-    output changes (a non-deterministic one only beyond its declared ULP bound)."""
-    first = outs[0]
-    diffs = [compare_bits(o, first) for o in outs[1:]]
-    differ = sum(not d["bit_exact"] for d in diffs)
-    max_ulp = max((d.get("max_ulp") or 0) for d in diffs)
-    max_abs = max(float((o.float() - first.float()).abs().nan_to_num(float("inf")).max()) for o in outs[1:]) if first.numel() else 0.0
-    row.repeats = {"runs": len(outs), "differ": differ, "max_abs_diff": max_abs, "max_ulp": max_ulp,
-                   "bound_ulp": backend.nondeterminism_ulp}
-    if differ and max_ulp > backend.nondeterminism_ulp:
-        why = (f"nondeterministic: {differ} of {len(outs) - 1} repeated runs differ from the first, "
-               f"max |diff| {max_abs:.3g} ({max_ulp} ULP, bound {backend.nondeterminism_ulp})")
-        row.status, row.failure = Status.FAIL, "nondeterministic"
-        row.message = why if row.message == "pass" else f"{why}; {row.message}"
 
 
 def _sync(device: str, quiet: bool = False) -> None:
@@ -192,6 +151,6 @@ def run_matrix(cases: Iterable[Case], backends: list[Backend], device: str, devi
 
 def diagnose_row(backend: Backend, ctx: CaseContext) -> dict:
     try:
-        return diagnose(backend, ctx, ctx.last_out).summary_dict()
+        return diagnose(backend, ctx, ctx.last_out, localize=True).summary_dict()
     except Exception as e:  # diagnosis is best effort; the row keeps its verdict
         return {"conclusion": f"diagnosis failed: {one_line(e)}"}

@@ -39,6 +39,7 @@ class FakeJitSpec:
 def install_fake_flashinfer(monkeypatch, sources=()):
     calls = []
     fi = types.ModuleType("flashinfer")
+    fi.__version__ = "0.6.12"  # the fake computes the 0.6.12 (v1) layouts
     fm = types.ModuleType("flashinfer.fused_moe")
     core = types.ModuleType("flashinfer.fused_moe.core")
     core.gen_cutlass_fused_moe_sm90_module = lambda use_fast_build=False: FakeJitSpec("fused_moe_90", list(sources))

@@ -18,8 +18,9 @@ from harness.fuzz.strategies import Budget
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = Budget(max_dim=384, max_tokens=64, max_weight_elems=2**20, max_act_elems=2**16)
-BASES = {f.name: next(b.name for b in select_backends("zoo:*") if b.name.startswith(f"zoo:{f.name}@emulated-"))
-         for f in FAULTS}
+_ZOO = [b.name for b in select_backends("zoo:*")]
+BASES = {f.name: next((n for n in _ZOO if n == f"zoo:{f.name}@emulated-sm90-w4a16"),
+                      next(n for n in _ZOO if n.startswith(f"zoo:{f.name}@emulated-"))) for f in FAULTS}
 
 
 def run(tmp_path, backend, examples=40, seed=0, repeat=1, time_budget=60):

@@ -71,6 +71,7 @@ class Backend:
     kernel: str = ""                   # the library entry point it calls
     deterministic: bool = True         # same inputs, same bits (no atomics in the reduction)
     nondeterminism_ulp: int = 0        # what repeated runs may differ by (output ULPs) where it is not
+    budget_k: float | None = None      # a real kernel with a twin: fail above k x the twin's rel_l2 (harness.compare.BUDGET_K)
 
     def device_gate(self, kind: str) -> str | None:
         """None if this device kind can run the backend, else the reason."""

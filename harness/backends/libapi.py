@@ -33,15 +33,17 @@ class Library:
 
     def installed(self) -> str | None:
         """The version of ``dist`` if ``module`` is importable (``"unknown"`` without metadata), else None."""
+        import sys
+        loaded = sys.modules.get(self.module)
         try:
-            if importlib.util.find_spec(self.module) is None:
+            if loaded is None and importlib.util.find_spec(self.module) is None:
                 return None
         except (ImportError, ValueError):
             return None
         try:
             return importlib.metadata.version(self.dist)
         except importlib.metadata.PackageNotFoundError:
-            return "unknown"
+            return getattr(loaded, "__version__", "unknown")
 
     def gate(self) -> str | None:
         """None if the library is importable in the range the adapter was written for, else why."""

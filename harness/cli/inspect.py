@@ -99,12 +99,15 @@ def list_(cases_paths, pattern, tags, device, what):
     _, info = device_or_fail(device)
     if what in ("backends", "all"):
         t = Table(title=f"backends on {info['kind']}")
-        for col in ("backend", "gate here", "verified", "kernel"):
+        for col in ("backend", "gate here", "level", "evidence", "kernel"):
             t.add_column(col, overflow="fold")
         for b in select_backends(None):
             g = b.device_gate(info["kind"])
-            t.add_row(b.name, "[green]ok[/]" if g is None else f"[yellow]{g}[/]", b.verified, b.kernel)
+            t.add_row(b.name, "[green]ok[/]" if g is None else f"[yellow]{g}[/]", str(b.verified),
+                      "; ".join(b.verified.evidence), b.kernel)
         out_console.print(t)
+        for w in snapshot_warnings():
+            out_console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if what in ("cases", "all"):
         t = Table(title="cases")
         for col in ("case", "tier", "shape", "file"):
@@ -112,3 +115,19 @@ def list_(cases_paths, pattern, tags, device, what):
         for c in load(cases_paths, pattern, tags):
             t.add_row(c.name, c.tier.value, c.short(), c.file)
         out_console.print(t)
+
+
+def snapshot_warnings() -> list[str]:
+    """An installed kernel library whose version has no API snapshot: its calls were bound to another version's."""
+    from harness.backends.libapi import adapter_modules
+    seen, out = set(), []
+    for libs in adapter_modules().values():
+        for lib in libs.values():
+            have = lib.installed()
+            if lib.dist in seen or have in (None, "unknown"):
+                continue
+            seen.add(lib.dist)
+            if not any(s.endswith(f"-{have}") for s in lib.snapshots):
+                out.append(f"{lib.dist} {have} is installed; the adapters' calls are bound to the API snapshots "
+                           f"{', '.join(lib.snapshots)} (moeacc api-snapshot to check this version)")
+    return out

@@ -23,6 +23,7 @@ from harness.backends.emulated_cutlass import Bf16Buffers, EmulatedCutlassBf16, 
 from harness.backends.flashinfer import FI, fused_finalize_switch
 from harness.backends.flashinfer.build import import_flashinfer
 from harness.cases import CaseData
+from harness.compare import BUDGET_K
 from harness.families import CUTLASS_BF16, FP8_BLOCK_UP_GATE
 from references.formats import WEIGHT_FORMATS, ActQuant
 from references.moe import Experts
@@ -62,6 +63,7 @@ class FlashInferSm90Fp8Block(EmulatedFp8BlockUpGate):
     family = FP8_BLOCK_UP_GATE
     verified = Level("L0", ("tests/fixtures/api/flashinfer-python-0.6.12.json", "-0.7.2.post1.json"))
     kernel = "flashinfer.fused_moe.cutlass_fused_moe(use_deepseek_fp8_block_scale=True)"
+    budget_k = BUDGET_K
     # the kernel quantizes activations itself: only the preprocessing and combine hooks apply
     hooks = (EmulatedFp8BlockUpGate.fc1_order, EmulatedFp8BlockUpGate.weight_scales,
              EmulatedFp8BlockUpGate.activation_params, EmulatedFp8BlockUpGate.combine)
@@ -89,6 +91,7 @@ class FlashInferSm90Bf16(EmulatedCutlassBf16):
     family = CUTLASS_BF16
     verified = Level("L0", ("tests/fixtures/api/flashinfer-python-0.6.12.json", "-0.7.2.post1.json"))
     kernel = "flashinfer.fused_moe.cutlass_fused_moe (bf16 x bf16)"
+    budget_k = BUDGET_K
 
     @property
     def deterministic(self) -> bool:

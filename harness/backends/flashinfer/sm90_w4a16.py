@@ -19,6 +19,7 @@ from harness.backends.emulated_cutlass import EmulatedSm90W4A16, Sm90W4A16Buffer
 from harness.backends.flashinfer import FI, sm90_layout, w4a16_race
 from harness.backends.flashinfer.build import import_flashinfer
 from harness.cases import CaseData
+from harness.compare import BUDGET_K
 from harness.families import SM90_W4A16, SM90_W4A16_V2
 from references.sm90_mixed import LAYOUTS
 
@@ -31,6 +32,7 @@ class FlashInferSm90W4A16(EmulatedSm90W4A16):
     # the real kernel's activation cannot be swapped: only preprocessing/combine hooks apply
     hooks = tuple(h for h in EmulatedSm90W4A16.hooks if h is not EmulatedSm90W4A16.activation_fn)
     kernel = "flashinfer.fused_moe.cutlass_fused_moe(use_w4_group_scaling=True)"
+    budget_k = BUDGET_K
 
     @property
     def family(self):
