@@ -1,5 +1,6 @@
-"""On an sm90 GPU with flashinfer-python: the pure-PyTorch SM90 interleaves in ``references``
-equal FlashInfer's own helpers byte for byte, over many shapes (hypothesis)."""
+"""On an sm90 GPU with flashinfer-python: the pure-PyTorch SM90 W4A16 layout of the installed
+version (``references.sm90_mixed.LAYOUTS``: v1 for 0.6.12, v2 for 0.7.2.post1) equals FlashInfer's
+own helpers byte for byte, over many shapes (hypothesis), and its inverse reads them back."""
 
 import pytest
 import torch
@@ -18,36 +19,42 @@ def _require_sm90_flashinfer():
     if kind != "sm90":
         pytest.skip(f"needs sm90, found {kind}")
     pytest.importorskip("flashinfer", reason="flashinfer-python not installed")
+    from harness.backends.flashinfer import FI, sm90_layout
     from harness.backends.flashinfer.build import import_flashinfer
-    return import_flashinfer()
+    from references.sm90_mixed import LAYOUTS
+    why = FI.gate()
+    if why:
+        pytest.skip(why)
+    return import_flashinfer(), LAYOUTS[sm90_layout(FI.installed())]
 
 
+# weights: rows % 16 and K % 64 are what both versions' CUDA helper accepts
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 24).map(lambda r: 16 * r), st.integers(1, 24).map(lambda c: 64 * c))
 
 
 @settings(max_examples=60, deadline=None)
 @given(shape=shapes, seed=st.integers(0, 2**31 - 1))
 def test_weight_interleave_matches_flashinfer(shape, seed):
-    fm = _require_sm90_flashinfer()
-    from references.layouts import sm90_deinterleave_fp4_weights, sm90_interleave_fp4_weights
+    fm, layout = _require_sm90_flashinfer()
     e, n, k = shape
     g = torch.Generator().manual_seed(seed)
     w = torch.randint(0, 256, (e, n, k // 2), dtype=torch.uint8, generator=g).cuda()
     theirs = fm.interleave_moe_weights_for_sm90_mixed_gemm(w, "fp4")
-    ours = sm90_interleave_fp4_weights(w)
-    assert torch.equal(ours, theirs), f"shape {shape}: {(ours != theirs).sum().item()} bytes differ"
-    assert torch.equal(sm90_deinterleave_fp4_weights(theirs), w)
+    ours = layout.interleave_weights(w)
+    assert torch.equal(ours, theirs), f"{layout.name} {shape}: {(ours != theirs).sum().item()} bytes differ"
+    assert torch.equal(layout.deinterleave_weights(theirs), w)
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 300), st.integers(1, 12).map(lambda c: 4 * c)),
-       seed=st.integers(0, 2**31 - 1))
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12)), seed=st.integers(0, 2**31 - 1))
 def test_scale_interleave_matches_flashinfer(shape, seed):
-    fm = _require_sm90_flashinfer()
-    from references.layouts import sm90_interleave_scales
+    fm, layout = _require_sm90_flashinfer()
+    e, rows, kg = shape[0], shape[1] * layout.row_multiple, shape[2] * 4
     g = torch.Generator().manual_seed(seed)
-    s = torch.randint(0, 255, shape, dtype=torch.uint8, generator=g).cuda()
-    assert torch.equal(sm90_interleave_scales(s), fm.interleave_moe_scales_for_sm90_mixed_gemm(s, group_size=32))
+    s = torch.randint(0, 256, (e, rows, kg), dtype=torch.uint8, generator=g).cuda()
+    theirs = fm.interleave_moe_scales_for_sm90_mixed_gemm(s, group_size=32)
+    assert torch.equal(layout.interleave_scales(s), theirs)
+    assert torch.equal(layout.read_scales(theirs, rows, kg), s)
 
 
 def test_inputs_bit_identical_on_gpu():
