@@ -123,3 +123,16 @@ def test_run_heatmaps_are_written_and_linked(tmp_path, casefile):
     run = tmp_path / "cpu" / "h"
     (png,) = run.glob("*.png")
     assert png.stat().st_size > 1000 and f"]({png.name})" in (run / "report.md").read_text()
+
+
+def test_tables_print_kernel_text_verbatim():
+    """Messages hold brackets (``[gate; up]``, ``[E, n, K/2]``): rich must not read them as markup."""
+    from harness.cli.common import out_console
+    from harness.cli.tables import print_rows
+    from harness.results import ResultRow, Status
+    row = ResultRow(case="c[tokens=1]", backend="zoo:gate-up-swapped@b", status=Status.FAIL,
+                    message="fc1 fed [gate; up] where the kernel reads [up; gate]", diagnosis={"conclusion": "see [E, n, K/2]"})
+    with out_console.capture() as cap:
+        print_rows([row])
+    text = "".join(cap.get().split())
+    assert "[gate;up]" in text and "[up;gate]" in text and "[E,n,K/2]" in text and "c[tokens=1]" in text

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # The GPU validation the committed H100 reports came from, as named steps run in order:
-#   tools/gpu-validate.sh STEP [STEP ...]        results under $OUT (default ./gpu-out)
-# Steps (each logs its command, exit code and seconds to $OUT/steps.log; a failing step does not
+#   tools/gpu-validate.sh STEP [STEP ...]        results under $WORK (default ./gpu-out), packed into
+#                                               $OUT/gpu-validate.tgz at exit when $OUT is set (a device call)
+# Steps (each logs its command, exit code and seconds to $WORK/steps.log; a failing step does not
 # stop the next one):
 #   fi=VERSION        set up carried FlashInfer wheels .carry/fi-VERSION (tools/device-setup.sh) and the
 #                     prebuilt trimmed module .carry/prebuilt-VERSION when present (else it is built)
 #   tk                add the triton_kernels folder .carry/triton_kernels (tools/fetch-triton-kernels.py)
 #   proof             tests/gpu: the installed version's SM90 layouts vs FlashInfer's helpers, CPU/GPU inputs,
-#                     faults around the real kernel localized (JSON evidence in $OUT/evidence)
-#   run=ID[:ARGS]     moeacc run --device cuda --repeat 3 --run-id ID [ARGS, comma-separated] into $OUT/reports
-#   fuzz=BACKEND:SECS moeacc fuzz --profile nightly --time-budget SECS into $OUT/fuzz/BACKEND
-#   bench             benchmarks/bench_reference.py --device cuda into $OUT/bench-h100.json
+#                     faults around the real kernel localized (JSON evidence in $WORK/evidence)
+#   run=ID[:ARGS]     moeacc run --device cuda --repeat 3 --run-id ID [ARGS, comma-separated] into $WORK/reports
+#   fuzz=BACKEND:SECS moeacc fuzz --profile nightly --time-budget SECS into $WORK/fuzz/BACKEND
+#   bench             benchmarks/bench_reference.py --device cuda into $WORK/bench-h100.json
 #   cmd=SHELL         any command (a repro), output in steps.log
 #   T=SECS            wall-clock limit for each following step (0: none; default 0)
 set -u
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-LOG=$OUT/steps.log
+WORK=${WORK:-$PWD/gpu-out}
+mkdir -p "$WORK"
+LOG=$WORK/steps.log
+[ -n "${OUT:-}" ] && trap 'tar czf "$OUT/gpu-validate.tgz" -C "$WORK" --exclude=db . && cp "$LOG" "$OUT/steps.log"' EXIT
 export MOEACC_CACHE_DIR=${MOEACC_CACHE_DIR:-/tmp/moeacc-cache}
 
 STEP_T=0
@@ -40,12 +42,12 @@ _fi() {
 _run() {
   local id=${1%%:*} args=()
   [[ $1 == *:* ]] && IFS=',' read -r -a args <<<"${1#*:}"
-  moeacc run --device cuda --repeat 3 --out "$OUT/reports" --run-id "$id" --quiet "${args[@]}"
+  moeacc run --device cuda --repeat 3 --out "$WORK/reports" --run-id "$id" --quiet "${args[@]}"
 }
 
 _fuzz() {
   local b=${1%%:*} secs=${1#*:}
-  moeacc fuzz --backend "$b" --device cuda --profile nightly --time-budget "$secs" --out "$OUT/fuzz/${b//[|:]/_}"
+  moeacc fuzz --backend "$b" --device cuda --profile nightly --time-budget "$secs" --out "$WORK/fuzz/${b//[|:]/_}"
 }
 
 for s in "$@"; do
@@ -53,10 +55,10 @@ for s in "$@"; do
     fi=*) echo "### ${s}" | tee -a "$LOG"; _fi "${s#fi=}" >>"$LOG" 2>&1 || echo "### $s: set-up failed" | tee -a "$LOG" ;;
     tk) export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/.carry/triton_kernels; echo "### tk: $PYTHONPATH" >>"$LOG" ;;
     T=*) STEP_T=${s#T=} ;;
-    proof) _step proof env MOEACC_EVIDENCE_DIR="$OUT/evidence" python3 -m pytest -q -p no:cacheprovider -rs tests/gpu ;;
-    run=*) _step "$s" bash -c "$(declare -f _run); OUT='$OUT' _run '${s#run=}'" ;;
-    fuzz=*) _step "$s" bash -c "$(declare -f _fuzz); OUT='$OUT' _fuzz '${s#fuzz=}'" ;;
-    bench) _step bench python3 benchmarks/bench_reference.py --device cuda --out "$OUT/bench-h100.json" ;;
+    proof) _step proof env MOEACC_EVIDENCE_DIR="$WORK/evidence" python3 -m pytest -q -p no:cacheprovider -rs tests/gpu ;;
+    run=*) _step "$s" bash -c "$(declare -f _run); WORK='$WORK' _run '${s#run=}'" ;;
+    fuzz=*) _step "$s" bash -c "$(declare -f _fuzz); WORK='$WORK' _fuzz '${s#fuzz=}'" ;;
+    bench) _step bench python3 benchmarks/bench_reference.py --device cuda --out "$WORK/bench-h100.json" ;;
     cmd=*) _step cmd bash -c "${s#cmd=}" ;;
     *) echo "unknown step $s" | tee -a "$LOG"; exit 2 ;;
   esac

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 import fnmatch
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ STATUS_STYLE = {"pass": "green", "fail": "bold red", "error": "bold magenta", "s
 
 
 def fail(msg: str, code: int = 2):
-    console.print(f"[bold red]moeacc:[/] {msg}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]moeacc:[/] {escape(str(msg))}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

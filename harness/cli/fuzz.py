@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 import sys
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def fuzz(backend, against, device, profile, examples, repeat, seed, out_dir, db,
     except RuntimeError as e:
         fail(str(e), 125)
     for f in rep.findings:
-        console.print(f"[bold red]{f.kind}[/]{' (flaky)' if f.flaky else ''}: {f.case.short()}\n  {f.row.message[:300]}\n"
-                      f"  -> {Path(out_dir) / f.repro}", highlight=False)
+        console.print(f"[bold red]{f.kind}[/]{' (flaky)' if f.flaky else ''}: {escape(f.case.short())}\n  {escape(f.row.message[:300])}\n"
+                      f"  -> {escape(str(Path(out_dir) / f.repro))}", highlight=False)
     console.print(f"{rep.examples} examples in {rep.seconds:.0f} s, {len(rep.findings)} findings"
                   f"{' (stopped by --time-budget)' if rep.stopped_by_time else ''}; report: {Path(out_dir) / 'report.md'}",
                   highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 import fnmatch
 import json
 import sys
@@ -45,14 +46,14 @@ def diagnose_cmd(cases_paths, pattern, tags, backend, device, heatmap):
         t.add_row(h.name, f"{h.mismatch:.2%}", f"{h.rel_l2:.3g}", f"{h.cosine:.4f}", "yes" if h.explains else "")
     out_console.print(t)
     if d.skipped:
-        out_console.print("[dim]not tested: " + "; ".join(d.skipped) + "[/]")
+        out_console.print("[dim]not tested: " + escape("; ".join(d.skipped)) + "[/]")
     if heatmap:
         from harness.heatmap import save_heatmap
         try:
             out_console.print(f"heatmap: {save_heatmap(out, ref, heatmap, f'{b.name} / {case.name}')}")
         except RuntimeError as e:
             fail(str(e))
-    out_console.print(f"[bold]{d.conclusion}[/]  ({d.seconds:.1f} s)")
+    out_console.print(f"[bold]{escape(d.conclusion)}[/]  ({d.seconds:.1f} s)")
 
 
 @click.command()
@@ -107,7 +108,7 @@ def list_(cases_paths, pattern, tags, device, what):
                       "; ".join(b.verified.evidence), b.kernel)
         out_console.print(t)
         for w in snapshot_warnings():
-            out_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+            out_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if what in ("cases", "all"):
         t = Table(title="cases")
         for col in ("case", "tier", "shape", "file"):

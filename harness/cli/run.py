@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 import datetime as _dt
 import os
 import sys
@@ -103,7 +104,7 @@ def check(cases_paths, pattern, tags, backend, device, isolate, timeout, repeat,
         cases = load_cases(cases_paths or [DEFAULT_CASES], pattern, tuple(tags))
         chosen = select_backends(backend)
     except (CaseError, KeyError, RuntimeError) as e:
-        console.print(f"moeacc check: cannot run: {e.args[0] if e.args else e}", highlight=False)
+        console.print(f"moeacc check: cannot run: {escape(str(e.args[0] if e.args else e))}", highlight=False)
         sys.exit(125)
     if not cases or len(chosen) != 1:
         console.print(f"moeacc check: cannot run: {len(cases)} cases and {len(chosen)} backends matched (need >=1 and 1)")
@@ -120,7 +121,7 @@ def check(cases_paths, pattern, tags, backend, device, isolate, timeout, repeat,
         from harness.runner import run_case
         rows = [r for c in cases for r in run_case(c, chosen, dev, kind, lambda r: None, repeat=repeat, rules=rules)]
     for r in rows:
-        console.print(f"{r.status.value:7s} {r.case} / {r.backend}: {r.message}", highlight=False)
+        console.print(escape(f"{r.status.value:7s} {r.case} / {r.backend}: {r.message}"), highlight=False)
     sys.exit(check_exit_code(rows))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from rich.markup import escape
 from rich.table import Table
 
 from harness.cli.common import STATUS_STYLE, out_console
@@ -42,13 +43,13 @@ def print_rows(rows: list[ResultRow], title: str = "moe-accuracy") -> None:
         t.add_column("rel_l2", justify="right", no_wrap=True)
         for r in shown:
             st = r.status.value
-            t.add_row(f"[{STATUS_STYLE[st]}]{st}[/]", r.case, r.backend, _fmt(r.metrics, "mismatch", ".2%"),
+            t.add_row(f"[{STATUS_STYLE[st]}]{st}[/]", escape(r.case), escape(r.backend), _fmt(r.metrics, "mismatch", ".2%"),
                       _fmt(r.metrics, "rel_l2", ".2e"))
             detail = "" if r.status is Status.PASS else r.message
             if r.diagnosis and r.diagnosis.get("conclusion"):
                 detail += f"\n→ {r.diagnosis['conclusion']}"
             if detail:
-                t.add_row("", f"[dim]{detail}[/]", end_section=True)
+                t.add_row("", f"[dim]{escape(detail)}[/]", end_section=True)
         out_console.print(t)
     for line in skip_summary(rows):
-        out_console.print(f"[dim]skipped[/] {line}", highlight=False, soft_wrap=True)
+        out_console.print(f"[dim]skipped[/] {escape(line)}", highlight=False, soft_wrap=True)

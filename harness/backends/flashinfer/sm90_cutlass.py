@@ -59,7 +59,7 @@ class FlashInferSm90Fp8Block(EmulatedFp8BlockUpGate):
     name = "flashinfer-sm90-fp8-block"
     description = "FlashInfer SM90 cutlass FP8 block-scale fused MoE (DeepSeek recipe, 1x128 activations inside)"
     requirements = Requirements(devices=("sm90",), libraries=(FI,), formats=(FP8_BLOCK,), act_quants=(ActQuant.FP8_GROUP,),
-                                k_multiple=128)
+                                k_multiple=128, min_tokens=1)  # min_tokens: see FlashInferSm90W4A16
     family = FP8_BLOCK_UP_GATE
     verified = Level("L0", ("tests/fixtures/api/flashinfer-python-0.6.12.json", "-0.7.2.post1.json"))
     kernel = "flashinfer.fused_moe.cutlass_fused_moe(use_deepseek_fp8_block_scale=True)"
@@ -87,7 +87,7 @@ class FlashInferSm90Bf16(EmulatedCutlassBf16):
     name = "flashinfer-sm90-bf16"
     description = "FlashInfer SM90 cutlass unquantized bf16 fused MoE (the baseline for quantized rows)"
     requirements = Requirements(devices=("sm90",), libraries=(FI,), formats=(WEIGHT_FORMATS["bf16"],), act_quants=(None,),
-                                k_multiple=16)
+                                k_multiple=16, min_tokens=1)  # min_tokens: see FlashInferSm90W4A16
     family = CUTLASS_BF16
     verified = Level("L0", ("tests/fixtures/api/flashinfer-python-0.6.12.json", "-0.7.2.post1.json"))
     kernel = "flashinfer.fused_moe.cutlass_fused_moe (bf16 x bf16)"

@@ -27,7 +27,9 @@ from references.sm90_mixed import LAYOUTS
 class FlashInferSm90W4A16(EmulatedSm90W4A16):
     name = "flashinfer-sm90-w4a16"
     description = "FlashInfer SM90 cutlass W4A16 MXFP4 fused MoE (bf16 x MXFP4, per-expert SwiGLU alpha/beta/limit)"
-    requirements = Requirements(devices=("sm90",), libraries=(FI,), formats=(MXFP4,), act_quants=(None,))
+    # an empty batch is refused: TLLM_CHECK(input_activations) in csrc/fused_moe/cutlass_backend/
+    # cutlass_fused_moe_kernels.cuh:3640 (0.6.12; :4141 in 0.7.2.post1), a data_ptr of a 0-row tensor being null
+    requirements = Requirements(devices=("sm90",), libraries=(FI,), formats=(MXFP4,), act_quants=(None,), min_tokens=1)
     verified = Level("L2", ("reports/sm90-nvidia-h100-80gb-hbm3/h100-20261122 (0.6.12)",))
     # the real kernel's activation cannot be swapped: only preprocessing/combine hooks apply
     hooks = tuple(h for h in EmulatedSm90W4A16.hooks if h is not EmulatedSm90W4A16.activation_fn)
