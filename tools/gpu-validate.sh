@@ -9,7 +9,7 @@
 #   tk                add the triton_kernels folder .carry/triton_kernels (tools/fetch-triton-kernels.py)
 #   proof             tests/gpu: the installed version's SM90 layouts vs FlashInfer's helpers, CPU/GPU inputs,
 #                     faults around the real kernel localized (JSON evidence in $WORK/evidence)
-#   run=ID[:ARGS]     moeacc run --device cuda --repeat 3 --run-id ID [ARGS, comma-separated] into $WORK/reports
+#   run=ID[:ARGS]     moeacc run --device cuda --repeat 3 --run-id ID [ARGS, space-separated] into $WORK/reports
 #   fuzz=BACKEND:SECS moeacc fuzz --profile nightly --time-budget SECS into $WORK/fuzz/BACKEND
 #   bench             benchmarks/bench_reference.py --device cuda into $WORK/bench-h100.json
 #   cmd=SHELL         any command (a repro), output in steps.log
@@ -41,7 +41,7 @@ _fi() {
 
 _run() {
   local id=${1%%:*} args=()
-  [[ $1 == *:* ]] && IFS=',' read -r -a args <<<"${1#*:}"
+  [[ $1 == *:* ]] && read -r -a args <<<"${1#*:}"
   moeacc run --device cuda --repeat 3 --out "$WORK/reports" --run-id "$id" --quiet "${args[@]}"
 }
 
