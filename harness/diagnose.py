@@ -85,6 +85,7 @@ def diagnose(backend: Backend, ctx: CaseContext, out: torch.Tensor | None = None
     with ``localize``, also run the localization experiments (``harness.localize``) on a failure."""
     t0 = time.perf_counter()
     data, ref = ctx.ensure()
+    ref = ctx.reference_with(**backend.reference_kw)
     th = ctx.case.limits
     if out is None:
         out = backend.run(backend.prepare(data, ctx.device), data)

@@ -10,7 +10,10 @@ backends go on there. A worker whose row ended in a CUDA error that poisons the 
 after reporting it, so the next row gets a clean process too.
 
 Workers start with ``spawn`` (safe with CUDA); they find backends by name through the registry
-(the entry points, and the fault zoo for ``zoo:`` names).
+(the entry points, and the fault zoo for ``zoo:`` names). Messages go back over a pipe written
+synchronously (``Connection.send``), not a ``multiprocessing.Queue`` whose feeder thread may still
+hold the last messages when the process dies: a row that finished is never lost to the crash of
+the next one, nor the crash blamed on it.
 """
 
 from __future__ import annotations
@@ -66,16 +69,16 @@ def _worker_main(inbox, outbox, gpu: int | None) -> None:
         poisoned = []
 
         def on_start(case, backend):
-            outbox.put(("start", case.name, backend.name))
+            outbox.send(("start", case.name, backend.name))
 
         def on_row(row):
-            outbox.put(("row", row))
+            outbox.send(("row", row))
             if row.status is Status.ERROR and STICKY_CUDA.search(row.message):
                 poisoned.append(row.message)
 
         run_case(task.case, backends, task.device, kind, on_row, task.diagnose, task.heatmap_dir,
                  on_start=on_start, stop=lambda: bool(poisoned), repeat=task.repeat, rules=task.rules)
-        outbox.put(("done",))
+        outbox.send(("done",))
         if poisoned:
             return  # exit: the CUDA context is not to be trusted after a sticky error
 
@@ -101,9 +104,19 @@ class Worker:
     restarts: int = 0
 
     def start(self) -> None:
-        self.inbox, self.outbox = self.ctx.Queue(), self.ctx.Queue()
-        self.proc = self.ctx.Process(target=_worker_main, args=(self.inbox, self.outbox, self.gpu), daemon=True)
+        self.inbox = self.ctx.Queue()
+        self.outbox, writer = self.ctx.Pipe(duplex=False)
+        self.proc = self.ctx.Process(target=_worker_main, args=(self.inbox, writer, self.gpu), daemon=True)
         self.proc.start()
+        writer.close()  # the worker holds the only writer: its death reads as end of file here
+
+    def receive(self, timeout: float):
+        """The worker's next message, or None (none within ``timeout``, or the worker is gone)."""
+        try:
+            return self.outbox.recv() if self.outbox.poll(timeout) else None
+        except Exception:  # end of file, or a message cut short by the death: the caller sees the dead process
+            time.sleep(timeout)
+            return None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.is_alive():
@@ -191,10 +204,7 @@ def run_isolated(tasks: list[Task], on_row: Callable[[ResultRow], None], new_row
 
 def _poll(w: Worker, run: _Running, emit, new_row, timeout, todo) -> bool:
     """Drain one worker's messages; handle death and timeouts. True when its task is finished."""
-    try:
-        msg = w.outbox.get(timeout=0.05)
-    except queue.Empty:
-        msg = None
+    msg = w.receive(0.05)
     if msg is not None:
         if msg[0] == "start":
             run.current, run.started, run.started_any = msg[2], time.monotonic(), True

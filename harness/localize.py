@@ -42,7 +42,7 @@ class Probe:
 
     def outputs(self, data: CaseData) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.b.run(self.b.prepare(data, self.ctx.device), data)
-        return out.float(), reference_output(data).float()
+        return out.float(), reference_output(data, **self.b.reference_kw).float()
 
     def bad(self, data: CaseData, label: str) -> tuple[bool, float]:
         out, ref = self.outputs(data)
@@ -173,7 +173,7 @@ def _experts(p: Probe) -> tuple:
 
 def _expert_fit(p: Probe, e: int, out: torch.Tensor, ref: torch.Tensor, candidates: list[int]) -> dict | None:
     for j in sorted(candidates, key=lambda j: abs(j - e)):
-        if j != e and _close(out, reference_output(_route_to(p.data, j)).float(), p.th):
+        if j != e and _close(out, reference_output(_route_to(p.data, j), **p.b.reference_kw).float(), p.th):
             p.evidence.append(f"expert {e}'s output equals the reference of expert {j}")
             return {"expert_index": {"expert": e, "computes": j}}
     s = _scale_fit(out, ref, p.th)
@@ -264,7 +264,7 @@ def _activation_fit(p: Probe, out: torch.Tensor) -> tuple[str | None, dict | Non
         variants.append((None, {"limit": None}))
     for half, change in variants:
         d = replace(data, case=replace(c, activation=Activation(replace(params, **change), None, "variant")))
-        if _close(out, reference_output(d).float(), p.th):
+        if _close(out, reference_output(d, **p.b.reference_kw).float(), p.th):
             p.evidence.append(f"the output equals the reference with SwiGLU {change}")
             return half, {"activation": change}
     return None, None
@@ -273,7 +273,7 @@ def _activation_fit(p: Probe, out: torch.Tensor) -> tuple[str | None, dict | Non
 def localize(backend: Backend, ctx: CaseContext, out: torch.Tensor | None = None) -> dict:
     """Experiments that say where the error of ``backend`` on ``ctx``'s case lives (see the module doc)."""
     p = Probe(backend, ctx)
-    data, ref = ctx.ensure()
+    data, ref = p.data, ctx.reference_with(**backend.reference_kw)
     out = (p.outputs(data)[0] if out is None else out).float()
     tokens, channels = token_channel_pattern(out, ref, p.th)
     p.evidence.append(f"original: wrong tokens {_short(tokens)}, wrong output channels {_short(channels)}")

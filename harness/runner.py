@@ -86,7 +86,7 @@ def run_one(backend: Backend, ctx: CaseContext, device_kind: str, heatmap_dir=No
         ctx.last_out = out = outs[0]
         judge_row(row, backend, ctx, outs, ref, rules)
         row.backend_notes = backend.notes() or None
-        if heatmap_dir is not None and not v.passed:
+        if heatmap_dir is not None and row.status is not Status.PASS:
             row.heatmap = _heatmap(out, ref, heatmap_dir, case.name, backend.name)
     except Exception as e:
         row.status, row.message, row.traceback = Status.ERROR, one_line(e), traceback.format_exc(limit=8)

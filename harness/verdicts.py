@@ -23,15 +23,16 @@ def judge_row(row: ResultRow, backend: Backend, ctx: CaseContext, outs: list[tor
     _apply_rules(row, out, ref, rules)
     row.failure = None if row.status is Status.PASS else "accuracy"
     if backend.budget_k and backend.family is not None:
-        _judge_budget(row, backend, ctx, m.rel_l2)
+        _judge_budget(row, backend, ctx, m.rel_l2, ref)
     if len(outs) > 1:
         _judge_repeats(row, outs, backend)
 
 
-def _judge_budget(row: ResultRow, backend: Backend, ctx: CaseContext, rel_l2: float) -> None:
-    """The twin's rel_l2 on the same case is the budget; above ``budget_k`` x budget is a precision regression."""
+def _judge_budget(row: ResultRow, backend: Backend, ctx: CaseContext, rel_l2: float, ref: torch.Tensor) -> None:
+    """The twin's rel_l2 on the same case (against the row's reference) is the budget; above
+    ``budget_k`` x budget is a precision regression."""
     twin = backend.family.twin()
-    data, ref = ctx.ensure()
+    data, _ = ctx.ensure()
     twin_rel = compute_metrics(twin.run(twin.prepare(data, ctx.device), data), ref, ctx.case.limits).rel_l2
     limit = backend.budget_k * max(twin_rel, BUDGET_FLOOR)
     row.budget = {"twin": twin.name, "twin_rel_l2": twin_rel, "k": backend.budget_k, "limit": limit,

@@ -193,3 +193,32 @@ def test_ulp_ordering():
     assert (F.float_to_ordered_int(neg[1:]) - F.float_to_ordered_int(neg[:1])).item() == 0  # -0 == +0
     tiny = torch.tensor([-1.0, 1.0], dtype=torch.bfloat16)
     assert (F.float_to_ordered_int(tiny[1:]) - F.float_to_ordered_int(tiny[:1])).item() > 30000
+
+
+def test_fp8_group_amax_floor_is_the_contracts():
+    """DeepGEMM's tests clamp the amax at 1e-4; FlashInfer's scale_1x128_kernel has no floor (scale 1 for zeros)."""
+    x = torch.zeros(2, 128)
+    x[0, :4] = torch.tensor([1e-10, -2e-10, 1.5e-10, 0.5e-10])
+    _, s_floor = F.fp8_group_quantize(x, 128)
+    q0, s0 = F.fp8_group_quantize(x, 128, amax_floor=0.0)
+    assert s_floor[0].item() == pytest.approx(1e-4 / 448) and s0[0].item() == pytest.approx(2e-10 / 448)
+    assert s0[1].item() == 1.0 and not q0[1].float().any()
+    back = F.fp8_group_dequantize(q0, s0)
+    assert torch.allclose(back[0, :4], x[0, :4], rtol=0.07)
+    assert not F.fp8_group_dequantize(*F.fp8_group_quantize(x, 128))[0, :4].any()  # the 1e-4 floor flushes them
+
+
+def test_findings_case_separates_the_amax_floors():
+    """The fuzz finding on the H100 (kept in cases/findings.yaml): the two floors' references differ by ~40%,
+    and FlashInfer's twin passes against the reference of its own contract."""
+    from harness.backends.registry import select_backends
+    from harness.cases import CaseContext, load_cases
+    from harness.compare import compute_metrics
+    from harness.runner import run_one
+    (c,) = load_cases(["cases/findings.yaml"], "fp8-block-tiny-activations")
+    ctx = CaseContext(c, "cpu")
+    _, ref = ctx.ensure()
+    assert compute_metrics(ctx.reference_with(act_amax_floor=0.0), ref, c.limits).mismatch > 0.3
+    (twin,) = select_backends("emulated-fp8-block-up-gate")
+    assert twin.reference_kw == {"act_amax_floor": 0.0}
+    assert run_one(twin, ctx, "cpu").status.value == "pass"

@@ -102,9 +102,14 @@ class Backend:
         """The thresholds this backend's output is judged by (the case's, unless it knows better)."""
         return case.limits
 
+    @property
+    def reference_kw(self) -> dict:
+        """MoEConfig fields where this kernel's contract differs from the case's spec (its amax floor...)."""
+        return {}
+
     def reference(self, ctx) -> torch.Tensor | None:
         """What this backend's output is compared with (None: the case's reference)."""
-        return None
+        return ctx.reference_with(**self.reference_kw) if self.reference_kw else None
 
 
 def _names(xs) -> str:

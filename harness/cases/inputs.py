@@ -8,7 +8,7 @@ tokens, top-k or activation), so a grid over those reuses one set.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -168,9 +168,10 @@ def moe_config(case: Case, precision: Precision = Precision.FP32, **kw) -> MoECo
                      intermediate_dtype=case.dtype, **kw)
 
 
-def reference_output(data: CaseData, precision: Precision = Precision.FP32) -> torch.Tensor:
-    """The layer output the case specifies, in fp32: ``rsf * routed + shared``."""
-    routed = moe_forward(data.x, data.topk_ids, data.topk_weights, data.experts, moe_config(data.case, precision))
+def reference_output(data: CaseData, precision: Precision = Precision.FP32, **cfg) -> torch.Tensor:
+    """The layer output the case specifies, in fp32: ``rsf * routed + shared`` (``cfg``: MoEConfig
+    fields a kernel's contract sets differently from the case, ``Backend.reference_kw``)."""
+    routed = moe_forward(data.x, data.topk_ids, data.topk_weights, data.experts, moe_config(data.case, precision, **cfg))
     return layer_output(routed, data)
 
 
@@ -183,9 +184,20 @@ class CaseContext:
     data: CaseData | None = None
     ref: torch.Tensor | None = None
     last_out: torch.Tensor | None = None  # the latest backend output, so a diagnosis need not re-run it
+    other_refs: dict = field(default_factory=dict)  # references under a kernel contract's MoEConfig overrides
 
     def ensure(self) -> tuple[CaseData, torch.Tensor]:
         if self.data is None:
             self.data = make_inputs(self.case, self.device)
             self.ref = reference_output(self.data)
         return self.data, self.ref
+
+    def reference_with(self, **cfg) -> torch.Tensor:
+        """The reference with MoEConfig overrides (``Backend.reference_kw``), computed once per set."""
+        data, ref = self.ensure()
+        if not cfg:
+            return ref
+        key = tuple(sorted(cfg.items()))
+        if key not in self.other_refs:
+            self.other_refs[key] = reference_output(data, **cfg)
+        return self.other_refs[key]

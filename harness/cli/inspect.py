@@ -37,6 +37,7 @@ def diagnose_cmd(cases_paths, pattern, tags, backend, device, heatmap):
         fail(f"{b.name} cannot run {case.name} here: {why}", 125)
     ctx = CaseContext(case, dev)
     data, ref = ctx.ensure()
+    ref = ctx.reference_with(**b.reference_kw)
     out = b.run(b.prepare(data, dev), data)
     d = diagnose(b, ctx, out)
     t = Table(title=f"{b.name} on {case.name}: {d.status}, mismatch {d.mismatch_vs_ref:.1%} vs reference")

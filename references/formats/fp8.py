@@ -29,22 +29,33 @@ def ceil_to_ue8m0(s: torch.Tensor) -> torch.Tensor:
     return torch.exp2(ceil_log2(s.to(torch.float32)).to(torch.float32))
 
 
-def _fp8_scale(amax: torch.Tensor, scale_fmt: Fp8Scale | str) -> torch.Tensor:
-    s = amax.to(torch.float32).clamp_min(1e-4) / E4M3_MAX
+# The amax floor of a quantizer: DeepGEMM's tests clamp at 1e-4 (``per_token_cast_to_fp8``), vLLM's and
+# SGLang's ``per_token_group_quant_fp8`` at eps=1e-10, TRT-LLM/FlashInfer's ``scale_1x128_kernel`` not at
+# all (scale 1 for an all-zero group). It decides the scale of groups whose amax is below it, so a kernel
+# contract names its own (tiny activations: 1e-4 / 448 leaves values of 1e-9 below e4m3's subnormals).
+AMAX_FLOOR = 1e-4
+
+
+def _fp8_scale(amax: torch.Tensor, scale_fmt: Fp8Scale | str, amax_floor: float = AMAX_FLOOR) -> torch.Tensor:
+    a = amax.to(torch.float32)
+    s = a.clamp_min(amax_floor) / E4M3_MAX if amax_floor > 0 else torch.where(a > 0, a / E4M3_MAX, torch.ones_like(a))
     return ceil_to_ue8m0(s) if Fp8Scale(scale_fmt) is Fp8Scale.UE8M0 else s
 
 
-def fp8_group_quantize(x: torch.Tensor, group: int = 128, scale_fmt: Fp8Scale | str = Fp8Scale.FP32):
+def fp8_group_quantize(x: torch.Tensor, group: int = 128, scale_fmt: Fp8Scale | str = Fp8Scale.FP32,
+                       amax_floor: float = AMAX_FLOOR):
     """Per-token-group FP8 quantization (1 x group along the last dim).
 
-    ``s = max(amax, 1e-4) / 448`` (fp32) or that rounded up to a power of two (UE8M0);
-    ``q = e4m3(x / s)``. Returns ``(q float8_e4m3fn [..., K], s fp32 [..., K/group])``.
-    Source: DeepGEMM tests ``per_token_cast_to_fp8(x, use_ue8m0)``; DeepSeek-V3 report section 3.3.
+    ``s = max(amax, amax_floor) / 448`` (fp32) or that rounded up to a power of two (UE8M0);
+    ``q = e4m3(x / s)``; with ``amax_floor=0`` an all-zero group gets ``s = 1`` (TRT-LLM).
+    Returns ``(q float8_e4m3fn [..., K], s fp32 [..., K/group])``.
+    Source: DeepGEMM tests ``per_token_cast_to_fp8(x, use_ue8m0)``; DeepSeek-V3 report section 3.3;
+    ``amax_floor=0``: FlashInfer 0.6.12 ``fp8_blockscale_gemm_kernel.cuh:988`` (``amax != 0 ? 448 / amax : 1``).
     """
     check_block(x, group, "fp8_group_quantize input")
     check_finite(x, "fp8_group_quantize input")
     xb = x.to(torch.float32).unflatten(-1, (-1, group))
-    s = _fp8_scale(xb.abs().amax(-1), scale_fmt)
+    s = _fp8_scale(xb.abs().amax(-1), scale_fmt, amax_floor)
     q = (xb / s.unsqueeze(-1)).clamp(-E4M3_MAX, E4M3_MAX).flatten(-2).to(torch.float8_e4m3fn)
     return q, s
 
