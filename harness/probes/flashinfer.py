@@ -139,6 +139,13 @@ def nvfp4_probe(device):
 
 
 def silu_probe(device):
+    # silu_and_mul is JIT-built from data/include/flashinfer/activation.cuh (jit/activation.py:134, 0.6.12 and
+    # 0.7.2.post1); a wheel trimmed for prebuilt modules (tools/trim-flashinfer-wheel.py) has no such sources
+    header = FI.attr("flashinfer.jit.env").FLASHINFER_INCLUDE_DIR / "flashinfer" / "activation.cuh"
+    if not header.exists():
+        return [ProbeResult("probe:silu_and_mul[M=64,d=1024]", "skipped",
+                            "flashinfer-python is installed without its JIT sources (a trimmed wheel): "
+                            "silu_and_mul cannot be built here")]
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(64, 2 * 1024, generator=g) * 4).to(torch.bfloat16).to(device)
     y = FI.attr("flashinfer", "silu_and_mul")(x)
