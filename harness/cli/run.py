@@ -16,6 +16,7 @@ from harness.cli.tables import print_rows
 from harness.device import device_slug, package_versions
 from harness.backends.libapi import FORCE_ENV
 from harness.report import new_document
+from harness.report.paths import case_path_for_report, case_path_from_report
 from harness.results import Status
 
 
@@ -47,7 +48,7 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
     """Run cases against backends; write results.json + report.md; exit 1 if any row fails or errors."""
     if resume_dir:
         sel = resumed_selection(resume_dir)
-        sel["cases"] = [str(Path(resume_dir) / p) for p in sel["cases"]]
+        sel["cases"] = [case_path_from_report(p, resume_dir) for p in sel["cases"]]
         cases_paths, pattern, tags, backends, tier = sel["cases"], sel["case"], sel["tag"], sel["backend"], sel["tier"]
         device, probes, diagnose, heatmaps = sel["device"], sel["probes"], sel["diagnose"], sel["heatmaps"]
         repeat, rules = sel.get("repeat"), tuple(sel.get("rules") or ())
@@ -62,8 +63,8 @@ def run(cases_paths, pattern, tags, backends, device, out_root, run_id, tier, di
         run_id = run_id or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         out_dir = Path(out_root) / device_slug(info) / run_id
         doc = new_document(info, package_versions(), run_id, ["moeacc", *sys.argv[1:]], code_under_test)
-        # case paths relative to the run folder: no machine path in the report, and --resume finds them from anywhere
-        rel = [os.path.relpath(Path(p).resolve(), out_dir.resolve()) for p in cases_paths]
+        # no machine path in the report, and --resume finds the case files from anywhere
+        rel = [case_path_for_report(p, out_dir) for p in cases_paths]
         doc["selection"] = {"cases": rel, "case": pattern, "tag": list(tags), "backend": backends,
                             "tier": tier, "device": device, "probes": probes, "diagnose": diagnose, "heatmaps": heatmaps,
                             "repeat": repeat, "rules": list(rules)}

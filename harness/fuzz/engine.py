@@ -24,10 +24,10 @@ from hypothesis.errors import Flaky
 
 from harness.backends.base import Backend
 from harness.backends.registry import select_backends
-from harness.cases import Case, CaseContext, case_to_yaml
 from harness.device import device_info, package_versions
 from harness.fuzz.strategies import CPU_BUDGET, Budget, backend_cases
 from harness.report import RunWriter, new_document
+from harness.report.paths import scrub_text
 from harness.results import ResultRow, Status
 from harness.runner import new_row, run_case
 
@@ -198,7 +198,7 @@ def _write(report: FuzzReport, opts: FuzzOptions) -> None:
         diag = (f.row.diagnosis or {}).get("conclusion")
         (out / f.repro).write_text(f"# {f.kind}{' (flaky)' if f.flaky else ''}: {f.row.message[:300]}\n"
                                    + (f"# diagnosis: {diag}\n" if diag else "")
-                                   + f"# replay: moeacc check --cases {os.path.relpath(out / f.repro)} --backend {report.backend}\n"
+                                   + f"# replay: moeacc check --cases {scrub_text(os.path.relpath(out / f.repro))} --backend {report.backend}\n"
                                    + text)
     summary = {"backend": report.backend, "examples": report.examples, "seconds": report.seconds,
                "profile": opts.profile, "seed": opts.seed, "repeat": opts.repeat, "stopped_by_time": report.stopped_by_time,

@@ -56,3 +56,19 @@ ABSOLUTE = re.compile(r"(?<![\w.~<>-])/(?:home|root|tmp|work|opt|usr|var|mnt|Use
 def absolute_paths(text: str) -> list[str]:
     """Absolute filesystem paths left in ``text`` (for tests that reports hold none)."""
     return ABSOLUTE.findall(text)
+
+
+def case_path_for_report(path, run_dir) -> str:
+    """A case file as a run records it: ``<project>/cases/x.yaml`` inside this checkout, else relative
+    to the run folder (so ``--resume`` finds it from anywhere and no machine path is written)."""
+    p = Path(path).resolve()
+    if p.is_relative_to(PROJECT_ROOT):
+        return "<project>/" + p.relative_to(PROJECT_ROOT).as_posix()
+    return os.path.relpath(p, Path(run_dir).resolve())
+
+
+def case_path_from_report(recorded: str, run_dir) -> str:
+    """Inverse of :func:`case_path_for_report`."""
+    if recorded.startswith("<project>/"):
+        return str(PROJECT_ROOT / recorded[len("<project>/"):])
+    return str(Path(run_dir) / recorded)
