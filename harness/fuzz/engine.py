@@ -24,6 +24,7 @@ from hypothesis.errors import Flaky
 
 from harness.backends.base import Backend
 from harness.backends.registry import select_backends
+from harness.cases import Case, case_to_yaml
 from harness.device import device_info, package_versions
 from harness.fuzz.strategies import CPU_BUDGET, Budget, backend_cases
 from harness.report import RunWriter, new_document
