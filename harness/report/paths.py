@@ -36,7 +36,8 @@ def scrub_text(s: str) -> str:
         _PAIRS = _prefixes()
     for prefix, name in _PAIRS:
         s = s.replace(prefix, name)
-    return s
+    # anything else absolute (a compiler under /opt in a build log...): keep only its last component
+    return ABSOLUTE.sub(lambda m: "<path>/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], s)
 
 
 def scrub(obj):
