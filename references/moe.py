@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from references.activations import Precision, SwigluParams, swiglu
-from references.formats.fp8 import AMAX_FLOOR
+from references.formats.fp8 import DEEPGEMM_TEST, Fp8Rule
 from references.formats.registry import ActQuant, QTensor, WeightFormat, fake_quant_activation
 from references.gemm import GemmPlan, plan_for
 from references.layouts import GateUpOrder, split_gate_up
@@ -42,7 +42,7 @@ class MoEConfig:
     activation: SwigluParams = SwigluParams()
     precision: Precision = Precision.FP32
     act_quant: ActQuant | None = None
-    act_amax_floor: float = AMAX_FLOOR                       # the activation quantizer's amax floor (formats.fp8)
+    act_rule: Fp8Rule = DEEPGEMM_TEST                        # how the FP8 activation quantizer rounds (formats.fp8)
     intermediate_dtype: torch.dtype | None = torch.bfloat16  # the activation output's dtype before fc2
     act_fn: Callable | None = None                           # replaces swiglu (activation variants)
     chunk_rows: int = 8192
@@ -67,7 +67,7 @@ def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
     order, starts = _group_by_expert(topk_ids, experts.num_experts)
     weights_flat = topk_weights.reshape(-1).to(torch.float32)
     plan = plan_for(x, experts.fmt, cfg.act_quant, cfg.exact_bf16)
-    xq = x if plan.exact_bf16 else fake_quant_activation(x, cfg.act_quant, cfg.act_amax_floor)
+    xq = x if plan.exact_bf16 else fake_quant_activation(x, cfg.act_quant, cfg.act_rule)
     active = [e for e in range(experts.num_experts) if starts[e + 1] > starts[e]]
     for ids in _expert_groups(active, experts, plan, cfg.dequant_budget):
         w1g, w2g = _dequant(experts, ids, plan.weight_dtype)
@@ -93,7 +93,7 @@ def _expert_ffn(xe, w1e, w2e, experts: Experts, e: int, cfg: MoEConfig, plan: Ge
     a = (cfg.act_fn or swiglu)(gate, up, cfg.activation, cfg.precision)
     if cfg.intermediate_dtype is not None:
         a = a.to(cfg.intermediate_dtype)
-    a = fake_quant_activation(a, cfg.act_quant, cfg.act_amax_floor)
+    a = fake_quant_activation(a, cfg.act_quant, cfg.act_rule)
     bf16_in = plan.exact_bf16 and cfg.intermediate_dtype == torch.bfloat16
     y = plan.mm(a.to(torch.bfloat16) if bf16_in else a, w2e, bf16_in)
     if experts.b2 is not None:

@@ -14,7 +14,7 @@ from harness.backends.common import experts_in_order, pad_mx_experts, pad_tokens
 from harness.backends.emulated import FP8_BLOCK, MXFP4, Combines
 from harness.cases import CaseData
 from references.activations import Precision, SwigluParams
-from references.formats import AMAX_FLOOR, WEIGHT_FORMATS, ActQuant, QTensor
+from references.formats import DEEPGEMM_TEST, TRTLLM, WEIGHT_FORMATS, ActQuant, Fp8Rule, QTensor
 from references.layouts import GateUpOrder
 from references.moe import Experts, MoEConfig, moe_forward
 from references.sm90_mixed import LAYOUTS, Sm90Layout
@@ -96,7 +96,7 @@ class EmulatedSm90W4A16(Combines, Backend):
 
     def run(self, p: Sm90W4A16Buffers, data: CaseData) -> torch.Tensor:
         # what the kernel's mainloop reads: its layout's inverse, whatever layout it was given
-        (e, n1, k1), (_, n2, k2), lay = p.w1.shape, p.w2.shape, self.layout
+        (_, n1, k1), (_, n2, k2), lay = p.w1.shape, p.w2.shape, self.layout
         s1, s2 = lay.read_scales(p.s1, n1, 2 * k1 // 32), lay.read_scales(p.s2, n2, 2 * k2 // 32)
         ex = Experts(MXFP4, QTensor(lay.deinterleave_weights(p.w1), s1), QTensor(lay.deinterleave_weights(p.w2), s2),
                      p.b1, p.b2, self.kernel_order)
@@ -135,12 +135,12 @@ class EmulatedFp8Block(Combines, Backend):
     kernel = "emulation of deep_gemm.m_grouped_fp8_gemm_nt_contiguous + silu_mul_fp8_quant"
 
     kernel_order = GateUpOrder.GATE_UP   # the order the kernel reads fc1 rows in
-    # DeepGEMM's tests quantize activations with amax clamped at 1e-4 (per_token_cast_to_fp8)
-    act_amax_floor = AMAX_FLOOR
+    # how activations are quantized (references.formats.fp8.Fp8Rule): DeepGEMM's tests' per_token_cast_to_fp8
+    act_rule: Fp8Rule = DEEPGEMM_TEST
 
     @property
     def reference_kw(self) -> dict:
-        return {} if self.act_amax_floor == AMAX_FLOOR else {"act_amax_floor": self.act_amax_floor}
+        return {} if self.act_rule == DEEPGEMM_TEST else {"act_rule": self.act_rule}
 
     def fc1_order(self, data: CaseData) -> GateUpOrder:
         """The order prepare writes fc1 rows in (a fault may make it differ from kernel_order)."""
@@ -166,7 +166,7 @@ class EmulatedFp8Block(Combines, Backend):
     def run(self, p: Experts, data: CaseData) -> torch.Tensor:
         c = data.case
         cfg = MoEConfig(activation=self.activation_params(data), precision=Precision.KERNEL,
-                        act_quant=self.activation_quant(data), act_amax_floor=self.act_amax_floor, intermediate_dtype=c.dtype)
+                        act_quant=self.activation_quant(data), act_rule=self.act_rule, intermediate_dtype=c.dtype)
         routed = moe_forward(data.x, data.topk_ids, data.topk_weights, replace(p, order=self.kernel_order), cfg)
         return self.combine(routed, data).to(c.dtype)
 
@@ -179,9 +179,10 @@ class EmulatedFp8BlockUpGate(EmulatedFp8Block):
     requirements = replace(EmulatedFp8Block.requirements, act_quants=(ActQuant.FP8_GROUP,))
     kernel = "emulation of flashinfer.fused_moe.cutlass_fused_moe(use_deepseek_fp8_block_scale=True)"
     kernel_order = GateUpOrder.UP_GATE
-    # no floor: scale = amax != 0 ? 448 / amax : 1 (FlashInfer 0.6.12 fp8_blockscale_gemm_kernel.cuh:871, :988;
-    # the same lines in 0.7.2.post1), found on the H100 when a fuzz case with 1e-9 activations failed by 40%
-    act_amax_floor = 0.0
+    # TRT-LLM's scale_1x128_kernel: no amax floor, q = x * (448 / amax) (FlashInfer 0.6.12 and 0.7.2.post1
+    # fp8_blockscale_gemm_kernel.cuh:871, :988-999); both differences were found by fuzzing on the H100:
+    # 1e-9 activations flushed by a 1e-4 floor (40% mismatch), saturated activations on e4m3 midpoints (3%)
+    act_rule: Fp8Rule = TRTLLM
 
 
 class EmulatedCutlassBf16(Combines, Backend):

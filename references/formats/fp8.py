@@ -7,6 +7,7 @@ Source: DeepSeek-V3 technical report section 3.3; DeepGEMM tests ``per_token_cas
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 import torch
 
@@ -29,34 +30,68 @@ def ceil_to_ue8m0(s: torch.Tensor) -> torch.Tensor:
     return torch.exp2(ceil_log2(s.to(torch.float32)).to(torch.float32))
 
 
-# The amax floor of a quantizer: DeepGEMM's tests clamp at 1e-4 (``per_token_cast_to_fp8``), vLLM's and
-# SGLang's ``per_token_group_quant_fp8`` at eps=1e-10, TRT-LLM/FlashInfer's ``scale_1x128_kernel`` not at
-# all (scale 1 for an all-zero group). It decides the scale of groups whose amax is below it, so a kernel
-# contract names its own (tiny activations: 1e-4 / 448 leaves values of 1e-9 below e4m3's subnormals).
-AMAX_FLOOR = 1e-4
+@dataclass(frozen=True)
+class Fp8Rule:
+    """How a quantizer turns a group's amax into codes, where libraries differ:
+
+    - ``amax_floor``: the amax is clamped below at it (0: not at all, and an all-zero group gets
+      scale 1). It decides groups whose amax is below it: tiny activations under a 1e-4 floor fall
+      below e4m3's subnormals and flush to zero.
+    - ``reciprocal``: ``q = e4m3(x * (448 / amax))`` with the stored scale ``1 / (448 / amax)``,
+      instead of ``q = e4m3(x / (amax / 448))``. The two round differently in fp32, which moves
+      values that sit exactly on an e4m3 rounding midpoint (saturated activations in ratio 6:8
+      land on 336, between 320 and 352) by a whole e4m3 step.
+    """
+
+    name: str
+    amax_floor: float
+    reciprocal: bool
 
 
-def _fp8_scale(amax: torch.Tensor, scale_fmt: Fp8Scale | str, amax_floor: float = AMAX_FLOOR) -> torch.Tensor:
+# DeepGEMM's tests: per_token_cast_to_fp8 (amax.clamp(1e-4), x / sf)
+DEEPGEMM_TEST = Fp8Rule("deepgemm-test", 1e-4, False)
+# vLLM per_token_group_quant_fp8: eps=1e-10, y_s = absmax / 448, y = x / y_s
+VLLM = Fp8Rule("vllm", 1e-10, False)
+# SGLang per_token_group_quant_fp8: amax floored at 1e-10, q = x * (448 / amax)
+SGLANG = Fp8Rule("sglang", 1e-10, True)
+# TRT-LLM / FlashInfer scale_1x128_kernel: scale = amax != 0 ? 448 / amax : 1; q = x * scale; stores 1 / scale
+# (FlashInfer 0.6.12 and 0.7.2.post1 fp8_blockscale_gemm_kernel.cuh:871, :988-999)
+TRTLLM = Fp8Rule("trtllm", 0.0, True)
+
+
+def _fp8_scale(amax: torch.Tensor, scale_fmt: Fp8Scale | str, rule: Fp8Rule = DEEPGEMM_TEST) -> tuple[torch.Tensor, torch.Tensor]:
+    """(multiplier applied to x, stored dequantization scale) per group."""
     a = amax.to(torch.float32)
-    s = a.clamp_min(amax_floor) / E4M3_MAX if amax_floor > 0 else torch.where(a > 0, a / E4M3_MAX, torch.ones_like(a))
-    return ceil_to_ue8m0(s) if Fp8Scale(scale_fmt) is Fp8Scale.UE8M0 else s
+    if rule.amax_floor > 0:
+        a = a.clamp_min(rule.amax_floor)
+    zero = a == 0
+    a = torch.where(zero, torch.full_like(a, E4M3_MAX), a)   # an all-zero group (floor 0): scale 1
+    s = a / E4M3_MAX
+    if Fp8Scale(scale_fmt) is Fp8Scale.UE8M0:
+        s = ceil_to_ue8m0(s)
+        return 1.0 / s, s   # a power of two: exact either way
+    if rule.reciprocal:
+        inv = E4M3_MAX / a
+        return inv, 1.0 / inv
+    return None, s
 
 
 def fp8_group_quantize(x: torch.Tensor, group: int = 128, scale_fmt: Fp8Scale | str = Fp8Scale.FP32,
-                       amax_floor: float = AMAX_FLOOR):
+                       rule: Fp8Rule = DEEPGEMM_TEST):
     """Per-token-group FP8 quantization (1 x group along the last dim).
 
-    ``s = max(amax, amax_floor) / 448`` (fp32) or that rounded up to a power of two (UE8M0);
-    ``q = e4m3(x / s)``; with ``amax_floor=0`` an all-zero group gets ``s = 1`` (TRT-LLM).
-    Returns ``(q float8_e4m3fn [..., K], s fp32 [..., K/group])``.
+    ``s = max(amax, floor) / 448`` (fp32) or that rounded up to a power of two (UE8M0);
+    ``q = e4m3(x / s)``, or ``e4m3(x * (448 / amax))`` with ``s = 1 / (448 / amax)`` for a
+    ``reciprocal`` rule (:class:`Fp8Rule`). Returns ``(q float8_e4m3fn [..., K], s fp32 [..., K/group])``.
     Source: DeepGEMM tests ``per_token_cast_to_fp8(x, use_ue8m0)``; DeepSeek-V3 report section 3.3;
-    ``amax_floor=0``: FlashInfer 0.6.12 ``fp8_blockscale_gemm_kernel.cuh:988`` (``amax != 0 ? 448 / amax : 1``).
+    the other rules as cited at their definitions.
     """
     check_block(x, group, "fp8_group_quantize input")
     check_finite(x, "fp8_group_quantize input")
     xb = x.to(torch.float32).unflatten(-1, (-1, group))
-    s = _fp8_scale(xb.abs().amax(-1), scale_fmt, amax_floor)
-    q = (xb / s.unsqueeze(-1)).clamp(-E4M3_MAX, E4M3_MAX).flatten(-2).to(torch.float8_e4m3fn)
+    inv, s = _fp8_scale(xb.abs().amax(-1), scale_fmt, rule)
+    scaled = xb / s.unsqueeze(-1) if inv is None else xb * inv.unsqueeze(-1)
+    q = scaled.clamp(-E4M3_MAX, E4M3_MAX).flatten(-2).to(torch.float8_e4m3fn)
     return q, s
 
 
@@ -81,7 +116,7 @@ def fp8_block_quantize(w: torch.Tensor, block: tuple[int, int] = (128, 128), sca
         raise ValueError(f"fp8_block_quantize: weight shape [..., {n}, {k}] is not a multiple of block {block}")
     check_finite(w, "fp8_block_quantize input")
     wb = w.to(torch.float32).unflatten(-1, (k // bk, bk)).unflatten(-3, (n // bn, bn))  # [..., N/bn, bn, K/bk, bk]
-    s = _fp8_scale(wb.abs().amax(dim=(-3, -1)), scale_fmt)  # [..., N/bn, K/bk]
+    _, s = _fp8_scale(wb.abs().amax(dim=(-3, -1)), scale_fmt)  # [..., N/bn, K/bk]
     q = (wb / s.unsqueeze(-2).unsqueeze(-1)).clamp(-E4M3_MAX, E4M3_MAX)
     return q.flatten(-4, -3).flatten(-2).to(torch.float8_e4m3fn), s
 

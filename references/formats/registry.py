@@ -135,9 +135,9 @@ class ActQuant(enum.Enum):
         """The channel multiple the recipe needs (its group; 16 for the per-token recipe's fp8 GEMM)."""
         return {ActQuant.MXFP8: mx.MX_BLOCK, ActQuant.FP8_TOKEN: 16}.get(self, 128)
 
-    def fake_quant(self, x: torch.Tensor, amax_floor: float = fp8.AMAX_FLOOR) -> torch.Tensor:
-        """Quantize-dequantize ``x`` the way an A8 kernel sees it (fp32 out); ``amax_floor``: the FP8
-        recipes' (``references.formats.fp8.AMAX_FLOOR``).
+    def fake_quant(self, x: torch.Tensor, rule: fp8.Fp8Rule = fp8.DEEPGEMM_TEST) -> torch.Tensor:
+        """Quantize-dequantize ``x`` the way an A8 kernel sees it (fp32 out); ``rule``: how the FP8
+        recipes turn an amax into codes (``references.formats.fp8.Fp8Rule``).
 
         Source: DeepGEMM ``per_token_cast_to_fp8`` (1x128, fp32 or UE8M0 scales); OCP MX v1.0 (MXFP8);
         torchao float8 rowwise (one scale per token).
@@ -146,13 +146,13 @@ class ActQuant(enum.Enum):
             q, s = mx.mx_quantize(x, Element.E4M3, ScaleMode.FLOOR)
             return mx.mx_dequantize(q, s, Element.E4M3, name="activation")
         if self is ActQuant.FP8_TOKEN:
-            q, s = fp8.fp8_group_quantize(x, x.shape[-1], Fp8Scale.FP32, amax_floor)
+            q, s = fp8.fp8_group_quantize(x, x.shape[-1], Fp8Scale.FP32, rule)
             return fp8.fp8_group_dequantize(q, s, x.shape[-1])
         q, s = fp8.fp8_group_quantize(x, 128, Fp8Scale.UE8M0 if self is ActQuant.FP8_GROUP_UE8M0 else Fp8Scale.FP32,
-                                      amax_floor)
+                                      rule)
         return fp8.fp8_group_dequantize(q, s, 128)
 
 
-def fake_quant_activation(x: torch.Tensor, act_quant: ActQuant | None, amax_floor: float = fp8.AMAX_FLOOR) -> torch.Tensor:
+def fake_quant_activation(x: torch.Tensor, act_quant: ActQuant | None, rule: fp8.Fp8Rule = fp8.DEEPGEMM_TEST) -> torch.Tensor:
     """``x`` in fp32 as the kernel's GEMM sees it: unchanged, or quantize-dequantized."""
-    return x.to(torch.float32) if act_quant is None else act_quant.fake_quant(x, amax_floor)
+    return x.to(torch.float32) if act_quant is None else act_quant.fake_quant(x, rule)
