@@ -88,7 +88,7 @@ class TorchGroupedMmBf16(Backend):
             y = y + p.b2.float().index_select(0, expert)
         per_slot = torch.zeros(t * k, y.shape[-1], dtype=torch.float32, device=y.device)
         per_slot[src[valid]] = y[valid]
-        routed = (per_slot.view(t, k, -1) * data.topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)
+        routed = (per_slot.view(t, k, y.shape[-1]) * data.topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)
         return layer_output(routed, data).to(c.dtype)
 
 
