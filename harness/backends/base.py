@@ -59,6 +59,11 @@ class Level:
         return self.level
 
 
+def h100(*runs: str) -> tuple[str, ...]:
+    """Committed H100 report folders, as a Level's evidence."""
+    return tuple(f"reports/sm90-nvidia-h100-80gb-hbm3/{r}" for r in runs)
+
+
 class Backend:
     """Base class. Subclasses set the class attributes and implement ``prepare`` and ``run``."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.backends.base import Backend, Level, Requirements
+from harness.backends.base import Backend, Level, Requirements, h100
 from harness.backends.common import experts_in_order
 from harness.cases import CaseData, layer_output
 from references import formats as F
@@ -51,7 +51,7 @@ class TorchGroupedMmBf16(Backend):
     name = "torch-grouped-mm-bf16"
     description = "torch._grouped_mm bf16 MoE (torchtitan-style token sort, 16-aligned groups)"
     requirements = Requirements(devices=("sm90+",), formats=(WEIGHT_FORMATS["bf16"],), act_quants=(None,), k_multiple=16)
-    verified = Level("L0", ("torch op; tests/test_torch_grouped.py",))
+    verified = Level("L2", h100("h100-fi0.7.2", "h100-fi0.7.2-models"))
     kernel = "torch._grouped_mm"
 
     def case_gate(self, case):

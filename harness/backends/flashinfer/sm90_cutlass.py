@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.backends.base import Level, Requirements
+from harness.backends.base import Level, Requirements, h100
 from harness.backends.common import first_output
 from harness.backends.emulated import FP8_BLOCK
 from harness.backends.emulated_cutlass import Bf16Buffers, EmulatedCutlassBf16, EmulatedFp8BlockUpGate
@@ -61,7 +61,7 @@ class FlashInferSm90Fp8Block(EmulatedFp8BlockUpGate):
     requirements = Requirements(devices=("sm90",), libraries=(FI,), formats=(FP8_BLOCK,), act_quants=(ActQuant.FP8_GROUP,),
                                 k_multiple=128, min_tokens=1)  # min_tokens: see FlashInferSm90W4A16
     family = FP8_BLOCK_UP_GATE
-    verified = Level("L0", ("tests/fixtures/api/flashinfer-python-0.6.12.json", "-0.7.2.post1.json"))
+    verified = Level("L2", h100("h100-fi0.6.12", "h100-fi0.6.12-models", "h100-fi0.7.2-fp8", "h100-fi0.7.2-fp8-faults"))
     kernel = "flashinfer.fused_moe.cutlass_fused_moe(use_deepseek_fp8_block_scale=True)"
     budget_k = BUDGET_K
     # the kernel quantizes activations itself: only the preprocessing and combine hooks apply
@@ -89,7 +89,8 @@ class FlashInferSm90Bf16(EmulatedCutlassBf16):
     requirements = Requirements(devices=("sm90",), libraries=(FI,), formats=(WEIGHT_FORMATS["bf16"],), act_quants=(None,),
                                 k_multiple=16, min_tokens=1)  # min_tokens: see FlashInferSm90W4A16
     family = CUTLASS_BF16
-    verified = Level("L0", ("tests/fixtures/api/flashinfer-python-0.6.12.json", "-0.7.2.post1.json"))
+    verified = Level("L2", h100("h100-fi0.6.12", "h100-fi0.7.2", "h100-fi0.7.2-models", "h100-fi0.7.2-faults",
+                                "fuzz-20261123-fi0.6.12", "fuzz-20261123-fi0.7.2"))
     kernel = "flashinfer.fused_moe.cutlass_fused_moe (bf16 x bf16)"
     budget_k = BUDGET_K
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.backends.base import Level, Requirements
+from harness.backends.base import Level, Requirements, h100
 from harness.backends.common import first_output
 from harness.backends.emulated import MXFP4
 from harness.backends.emulated_cutlass import EmulatedSm90W4A16, Sm90W4A16Buffers
@@ -30,7 +30,8 @@ class FlashInferSm90W4A16(EmulatedSm90W4A16):
     # an empty batch is refused: TLLM_CHECK(input_activations) in csrc/fused_moe/cutlass_backend/
     # cutlass_fused_moe_kernels.cuh:3640 (0.6.12; :4141 in 0.7.2.post1), a data_ptr of a 0-row tensor being null
     requirements = Requirements(devices=("sm90",), libraries=(FI,), formats=(MXFP4,), act_quants=(None,), min_tokens=1)
-    verified = Level("L2", ("reports/sm90-nvidia-h100-80gb-hbm3/h100-20261122 (0.6.12)",))
+    verified = Level("L2", h100("h100-fi0.6.12", "h100-fi0.6.12-models", "h100-fi0.6.12-race", "h100-fi0.7.2",
+                                "h100-fi0.7.2-models", "h100-fi0.7.2-race", "h100-fi0.7.2-faults", "fuzz-20261123-fi0.7.2"))
     # the real kernel's activation cannot be swapped: only preprocessing/combine hooks apply
     hooks = tuple(h for h in EmulatedSm90W4A16.hooks if h is not EmulatedSm90W4A16.activation_fn)
     kernel = "flashinfer.fused_moe.cutlass_fused_moe(use_w4_group_scaling=True)"
