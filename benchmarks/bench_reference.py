@@ -1,10 +1,14 @@
-"""Benchmark: the reference MoE forward vs the naive per-expert loop vs a plain bf16 grouped matmul.
+"""Benchmark: the reference MoE forward vs the naive per-expert loop vs a plain bf16 grouped matmul,
+side by side in one run on the same inputs.
 
 Not a test: it measures. The naive loop is the kernel libraries' own test reference (every expert
 dequantized up front, a boolean mask per expert over all (token, slot) pairs). The bf16 baseline
 does the same routed work (tokens sorted by expert, fc1, SwiGLU, fc2, weighted sum) on
-pre-dequantized bf16 weights with ``torch._grouped_mm`` when present (a per-expert loop otherwise).
-Weights are random MXFP4 codes with E8M0 scales 118..122 (timing does not depend on their values).
+pre-dequantized bf16 weights with ``torch._grouped_mm`` when present (a per-expert loop otherwise);
+its time does not include dequantization, the reference's does. Weights are random MXFP4 codes with
+E8M0 scales 118..122 (timing does not depend on their values). Peak memory is
+``torch.cuda.max_memory_allocated`` during the call, inputs and packed weights included, and is
+compared with the layer's weights in bf16 (``reference_peak_over_bf16_weights``).
 
     python benchmarks/bench_reference.py --device cuda --out benchmarks/results-h100.json
 """
@@ -21,7 +25,8 @@ import torch
 
 from references import formats as F
 from references.activations import GPT_OSS
-from references.moe import moe_forward, naive_moe_forward
+from references.formats import WEIGHT_FORMATS, QTensor
+from references.moe import Experts, MoEConfig, moe_forward, naive_moe_forward
 from references.routing import softmax_topk
 
 CONFIGS = {
@@ -106,11 +111,15 @@ def main():
         h, i, e, k = CONFIGS[cfg]
         for tokens in (int(t) for t in a.tokens.split(",")):
             x, ids, w, w1, s1, w2, s2 = make(cfg, tokens, dev)
-            reps = 3 if dev.startswith("cuda") else 1
-            t_ref, m_ref, ref = timed(lambda: moe_forward(x, ids, w, w1, w2, fmt="mxfp4", w1_scale=s1, w2_scale=s2,
-                                                          activation=GPT_OSS), dev, reps)
+            reps = 5 if dev.startswith("cuda") else 1
+            ex = Experts(WEIGHT_FORMATS["mxfp4"], QTensor(w1, s1), QTensor(w2, s2))
+            moe_cfg = MoEConfig(activation=GPT_OSS)
+            t_ref, m_ref, ref = timed(lambda: moe_forward(x, ids, w, ex, moe_cfg), dev, reps)
+            bf16_gib = e * 3 * h * i * 2 / 2**30
             row = {"config": cfg, "tokens": tokens, "hidden": h, "intermediate": i, "experts": e, "topk": k,
-                   "reference_s": round(t_ref, 5), "reference_peak_gib": m_ref and round(m_ref, 2)}
+                   "reference_s": round(t_ref, 5), "reference_peak_gib": m_ref and round(m_ref, 2),
+                   "bf16_weights_gib": round(bf16_gib, 2),
+                   "reference_peak_over_bf16_weights": m_ref and round(m_ref / bf16_gib, 2)}
             need = e * 3 * h * i * 4 / 2**30
             if a.reference_only:
                 rows.append(row)
@@ -120,7 +129,7 @@ def main():
                 def naive():  # all experts dequantized up front, as the kernel libraries' tests do
                     d1 = torch.stack([F.mx_dequantize(w1[j], s1[j]) for j in range(e)])
                     d2 = torch.stack([F.mx_dequantize(w2[j], s2[j]) for j in range(e)])
-                    return naive_moe_forward(x, ids, w, d1, d2, activation=GPT_OSS)
+                    return naive_moe_forward(x, ids, w, d1, d2, cfg=moe_cfg)
                 t_nv, m_nv, out_nv = timed(naive, dev, reps)
                 row.update(naive_s=round(t_nv, 5), naive_peak_gib=m_nv and round(m_nv, 2),
                            speedup_vs_naive=round(t_nv / t_ref, 2),
@@ -136,8 +145,11 @@ def main():
             print(json.dumps(row), flush=True)
             if dev.startswith("cuda"):
                 torch.cuda.empty_cache()
+    from references.formats import mx_fused
+    from references.formats.mx import mxfp4_bf16_eager
     info = {"device": torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "fused_mxfp4_decode": mx_fused.status(dev, mxfp4_bf16_eager) or "used" if dev.startswith("cuda") else "not used (CPU)",
             "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "rows": rows}
     if a.out:
         with open(a.out, "w") as f:

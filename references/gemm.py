@@ -18,12 +18,13 @@ _MM_OUT_FP32: dict = {}
 
 
 def mm_out_fp32_available(device) -> bool:
-    """Does ``torch.mm(..., out_dtype=torch.float32)`` on bf16 work on this device?"""
+    """Do ``torch.mm`` and ``torch.bmm`` with ``out_dtype=torch.float32`` on bf16 work on this device?"""
     key = str(device)
     if key not in _MM_OUT_FP32:
         try:
-            a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
-            _MM_OUT_FP32[key] = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+            a = torch.ones(2, 2, 2, dtype=torch.bfloat16, device=device)
+            _MM_OUT_FP32[key] = (torch.mm(a[0], a[0], out_dtype=torch.float32).dtype == torch.float32
+                                 and torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32)
         except (RuntimeError, TypeError):
             _MM_OUT_FP32[key] = False
     return _MM_OUT_FP32[key]
@@ -38,10 +39,12 @@ class GemmPlan:
         return torch.bfloat16 if self.exact_bf16 else torch.float32
 
     def mm(self, a: torch.Tensor, w: torch.Tensor, bf16_operands: bool = True) -> torch.Tensor:
-        """``a @ w.T`` in fp32 (bf16 operands with fp32 output where the plan and caller allow)."""
+        """``a @ w.T`` in fp32 (bf16 operands with fp32 output where the plan and caller allow);
+        ``a [B, P, K]`` with ``w [B, N, K]`` is one batched GEMM."""
+        wt = w.transpose(-2, -1)
         if self.exact_bf16 and bf16_operands:
-            return torch.mm(a, w.T, out_dtype=torch.float32)
-        return a.to(torch.float32) @ w.T.to(torch.float32)
+            return (torch.bmm if a.dim() == 3 else torch.mm)(a, wt, out_dtype=torch.float32)
+        return torch.matmul(a.to(torch.float32), wt.to(torch.float32))
 
 
 def plan_for(x: torch.Tensor, fmt: WeightFormat, act_quant: ActQuant | None, allow_bf16: bool = True) -> GemmPlan:

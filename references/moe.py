@@ -1,8 +1,9 @@
 """A full MoE forward: routed experts (quantized weights), activation, combine, shared expert.
 
-Tokens are grouped by expert (one sort), only routed experts are dequantized, a group of experts
-at a time, and each expert's rows are processed in chunks, so the extra memory stays bounded at
-model sizes. There is no Python loop over tokens; the loop runs over routed experts.
+Tokens are grouped by expert (one sort); only routed experts are dequantized, a batch of experts at
+a time, so the extra memory stays bounded at model sizes; each batch is one batched GEMM per layer
+(no Python loop over tokens or over experts inside a batch). ``references.gold`` is the slow fp64
+path that checks this one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from references.activations import Precision, SwigluParams, swiglu
 from references.formats.fp8 import DEEPGEMM_TEST, Fp8Rule
 from references.formats.registry import ActQuant, QTensor, WeightFormat, fake_quant_activation
 from references.gemm import GemmPlan, plan_for
+from references.grouped import batches
 from references.layouts import GateUpOrder, split_gate_up
 
 
@@ -58,35 +60,37 @@ def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
     ``cfg.intermediate_dtype`` before fc2, and re-quantized if ``cfg.act_quant``.
     Source: vLLM ``torch_moe`` test reference / FlashInfer ``cutlass_fused_moe`` docs (per-expert
     GEMM1, activation, GEMM2, weighted sum over top-k).
+
+    How: the (token, slot) rows are sorted by expert; experts with similar row counts form a batch
+    (rows zero-padded to a common count, see :func:`references.grouped.batches`), and each batch is
+    one batched GEMM per layer. Every output row depends only on its own input row and expert, so
+    batching changes the GEMM kernel, not the math (the fp64 gold path checks it).
     """
     _check_routing(x, topk_ids, topk_weights, experts.num_experts)
     t, k = topk_ids.shape
-    out = torch.zeros(t, x.shape[1], dtype=torch.float32, device=x.device)
+    slots = torch.zeros(t * k + 1, x.shape[1], dtype=torch.float32, device=x.device)  # one row per (token, slot)
     if t == 0:
-        return out
-    order, starts = _group_by_expert(topk_ids, experts.num_experts)
-    weights_flat = topk_weights.reshape(-1).to(torch.float32)
+        return slots[:0]
     plan = plan_for(x, experts.fmt, cfg.act_quant, cfg.exact_bf16)
     xq = x if plan.exact_bf16 else fake_quant_activation(x, cfg.act_quant, cfg.act_rule)
-    active = [e for e in range(experts.num_experts) if starts[e + 1] > starts[e]]
-    for ids in _expert_groups(active, experts, plan, cfg.dequant_budget):
-        w1g, w2g = _dequant(experts, ids, plan.weight_dtype)
-        for j, e in enumerate(ids):
-            rows = order[starts[e]:starts[e + 1]]
-            for c in range(0, len(rows), cfg.chunk_rows):
-                r = rows[c:c + cfg.chunk_rows]
-                tok = r // k
-                y = _expert_ffn(xq.index_select(0, tok), w1g[j], w2g[j], experts, e, cfg, plan)
-                out.index_add_(0, tok, y * weights_flat.index_select(0, r).unsqueeze(-1))
-        del w1g, w2g
-    return out
+    xq = torch.cat([xq, xq.new_zeros(1, x.shape[1])])                  # row t: the zeros padding rows read
+    per_expert = _dequant_bytes(experts, plan)
+    for b in batches(topk_ids, experts.num_experts, cfg.chunk_rows, max(1, cfg.dequant_budget // per_expert)):
+        w1g, w2g = _dequant(experts, b.experts, plan.weight_dtype)
+        pad = b.rows < 0
+        y = _expert_ffn(xq[torch.where(pad, t, b.rows // k)], w1g, w2g, experts, b.experts, cfg, plan)  # [B, P, H]
+        slots[torch.where(pad, t * k, b.rows).reshape(-1)] = y.reshape(-1, y.shape[-1])  # padding: the last row
+        del w1g, w2g, y
+    # the top-k sum in slot order, the same on every run (no atomics)
+    return (slots[:t * k].view(t, k, -1) * topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)
 
 
-def _expert_ffn(xe, w1e, w2e, experts: Experts, e: int, cfg: MoEConfig, plan: GemmPlan) -> torch.Tensor:
-    """One expert on its routed rows: fc1 (+b1), activation, rounding/re-quantization, fc2 (+b2)."""
+def _expert_ffn(xe, w1e, w2e, experts: Experts, ids: torch.Tensor, cfg: MoEConfig, plan: GemmPlan) -> torch.Tensor:
+    """A batch of experts on their routed rows ``xe [B, P, H]``: fc1 (+b1), activation,
+    rounding/re-quantization, fc2 (+b2)."""
     h = plan.mm(xe, w1e)
     if experts.b1 is not None:
-        h = h + experts.b1[e].to(torch.float32)
+        h = h + experts.b1.index_select(0, ids).to(torch.float32).unsqueeze(-2)
     gate, up = split_gate_up(h, experts.order, dim=-1)
     if cfg.precision is Precision.KERNEL and cfg.intermediate_dtype is not None:
         gate, up = gate.to(cfg.intermediate_dtype), up.to(cfg.intermediate_dtype)
@@ -97,7 +101,7 @@ def _expert_ffn(xe, w1e, w2e, experts: Experts, e: int, cfg: MoEConfig, plan: Ge
     bf16_in = plan.exact_bf16 and cfg.intermediate_dtype == torch.bfloat16
     y = plan.mm(a.to(torch.bfloat16) if bf16_in else a, w2e, bf16_in)
     if experts.b2 is not None:
-        y = y + experts.b2[e].to(torch.float32)
+        y = y + experts.b2.index_select(0, ids).to(torch.float32).unsqueeze(-2)
     return y
 
 
@@ -112,33 +116,19 @@ def _check_routing(x, topk_ids, topk_weights, num_experts: int) -> None:
         raise ValueError(f"moe_forward: topk_ids outside [0, {num_experts})")
 
 
-def _group_by_expert(topk_ids: torch.Tensor, num_experts: int):
-    """(flat (token, slot) indices sorted by expert, each expert's start offset; E + 1 entries)."""
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    order = torch.argsort(flat, stable=True)
-    starts = [0]
-    for n in torch.bincount(flat, minlength=num_experts).tolist():
-        starts.append(starts[-1] + n)
-    return order, starts
-
-
-def _expert_groups(active: list[int], experts: Experts, plan: GemmPlan, budget: int):
-    """Routed experts in groups whose dequantized weights fit ``budget`` bytes."""
+def _dequant_bytes(experts: Experts, plan: GemmPlan) -> int:
+    """Bytes of one expert's fc1 + fc2 once dequantized."""
     per_byte = 2 if experts.fmt.element == "e2m1" else 1
-    per_expert = (experts.w1.data[0].numel() + experts.w2.data[0].numel()) * per_byte
-    group = max(1, int(budget // max(1, per_expert * plan.weight_dtype.itemsize)))
-    for g0 in range(0, len(active), group):
-        yield active[g0:g0 + group]
+    return max(1, (experts.w1.data[0].numel() + experts.w2.data[0].numel()) * per_byte * plan.weight_dtype.itemsize)
 
 
-def _dequant(experts: Experts, ids: list[int], dtype: torch.dtype):
-    """Dequantize a group of experts in one call; on a bad scale, name the exact expert."""
+def _dequant(experts: Experts, ids: torch.Tensor, dtype: torch.dtype):
+    """Dequantize the experts ``ids`` in one call; on a bad scale, name the exact expert."""
     def one(q: QTensor, name: str):
-        sel = torch.tensor(ids, device=q.data.device)
         try:
-            return experts.fmt.dequantize(q.experts(sel), name=name, dtype=dtype)
+            return experts.fmt.dequantize(q.experts(ids), name=name, dtype=dtype)
         except ValueError:
-            for e in ids:  # re-raise with the expert's own index
+            for e in ids.tolist():  # re-raise with the expert's own index
                 one_e = q.experts(torch.tensor([e], device=q.data.device))
                 experts.fmt.dequantize(one_e.map(lambda t: t[0] if t.dim() and t.shape[0] == 1 else t),
                                        name=f"{name}[expert {e}]", dtype=dtype)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from references.formats._checks import check_block, check_finite
+from references.formats import mx_fused
+from references.formats._checks import as_uint8, check_block, check_finite
 from references.formats.e2m1 import e2m1_decode_packed, e2m1_encode, pack_fp4
 from references.formats.e8m0 import Element, ScaleMode, e8m0_decode, e8m0_from_exponent, mx_scale_exponent
 
@@ -42,11 +43,20 @@ def mx_dequantize(q: torch.Tensor, scales: torch.Tensor, elem: Element | str = E
 
     Source: OCP Microscaling Formats (MX) v1.0, section 6.2 (value = scale * element).
     """
-    vals = e2m1_decode_packed(q, dtype) if Element(elem) is Element.E2M1 else q.to(dtype)
-    k = vals.shape[-1]
-    if scales.shape[-1] * block != k or scales.shape[:-1] != vals.shape[:-1]:
+    fp4 = Element(elem) is Element.E2M1
+    k = q.shape[-1] * (2 if fp4 else 1)
+    if scales.shape[-1] * block != k or scales.shape[:-1] != q.shape[:-1]:
         raise ValueError(
             f"{name}: scales shape {tuple(scales.shape)} does not match {Element(elem).value} data of K={k} "
-            f"with block {block} (expected {tuple(vals.shape[:-1]) + (k // block,)})")
+            f"with block {block} (expected {tuple(q.shape[:-1]) + (k // block,)})")
     s = e8m0_decode(scales, name=f"{name} scales").to(dtype)
+    if fp4 and q.is_cuda and dtype == torch.bfloat16 and block == MX_BLOCK and mx_fused.status(q.device, mxfp4_bf16_eager) is None:
+        return mx_fused.mxfp4_to_bf16(as_uint8(q, name), as_uint8(scales, name))   # the same values in one pass (checked bit for bit)
+    vals = e2m1_decode_packed(q, dtype) if fp4 else q.to(dtype)
     return (vals.unflatten(-1, (-1, block)) * s.unsqueeze(-1)).flatten(-2)
+
+
+def mxfp4_bf16_eager(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The eager MXFP4 decode to bf16 (what ``references.formats.mx_fused`` must equal bit for bit)."""
+    vals = e2m1_decode_packed(packed, torch.bfloat16).unflatten(-1, (-1, MX_BLOCK))
+    return (vals * e8m0_decode(scales).to(torch.bfloat16).unsqueeze(-1)).flatten(-2)

@@ -1,0 +1,124 @@
+"""The fast reference (experts batched into batched GEMMs) against the slow fp64 gold path
+(one expert at a time): bit-equal where the GEMMs are exact, within the documented bound otherwise,
+over generated routings (skewed, unrouted experts, experts split into slices, many small batches)."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from references.activations import GPT_OSS, SwigluParams
+from references.formats import WEIGHT_FORMATS, ActQuant, QTensor, QuantRecipe
+from references.gold import FAST_PATH_REL_L2, gold_moe_forward
+from references.grouped import batches, padded_count
+from references.layouts import GateUpOrder
+from references.moe import Experts, MoEConfig, moe_forward
+
+
+def _routing(g, t, e, k, skew):
+    logits = torch.randn(t, e, generator=g)
+    if skew:
+        logits[:, 0] += 20.0   # every token picks expert 0 first
+    ids = torch.topk(logits, k, dim=-1).indices
+    return ids
+
+
+def _integer_case(seed, t, e, k, h, i, fmt, skew):
+    """Integer activations and weights, power-of-two routing weights: every GEMM is exact in fp32."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-3, 4, (t, h), generator=g).to(torch.bfloat16)
+    w1 = torch.randint(-2, 3, (e, 2 * i, h), generator=g).float()
+    w2 = torch.randint(-2, 3, (e, h, i), generator=g).float()
+    ids = _routing(g, t, e, k, skew)
+    w = 2.0 ** -torch.randint(0, 3, (t, k), generator=g).float()
+    f = WEIGHT_FORMATS[fmt]
+    b1 = torch.randint(-4, 5, (e, 2 * i), generator=g).float()
+    ex = Experts(f, f.quantize(w1, QuantRecipe()), f.quantize(w2, QuantRecipe()), b1, None)
+    return x, ids, w, ex
+
+
+def _int_act(gate, up, params, precision):
+    return gate.clamp(-8, 8) + up.clamp(-8, 8)   # keeps every intermediate an integer
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), t=st.integers(1, 40), e=st.integers(1, 9), k=st.integers(1, 4),
+       fmt=st.sampled_from(["bf16", "mxfp4"]), skew=st.booleans(), chunk=st.sampled_from([1, 3, 64]),
+       budget=st.sampled_from([1, 1 << 30]), order=st.sampled_from(list(GateUpOrder)))
+def test_fast_path_is_bit_equal_to_gold_where_gemms_are_exact(seed, t, e, k, fmt, skew, chunk, budget, order):
+    k = min(k, e)
+    x, ids, w, ex = _integer_case(seed, t, e, k, 64, 32, fmt, skew)
+    ex = Experts(ex.fmt, ex.w1, ex.w2, ex.b1, ex.b2, order)
+    cfg = MoEConfig(act_fn=_int_act, chunk_rows=chunk, dequant_budget=budget)
+    fast, gold = moe_forward(x, ids, w, ex, cfg), gold_moe_forward(x, ids, w, ex, cfg)
+    assert torch.equal(fast, gold), (fast - gold).abs().max()
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), t=st.integers(1, 48), k=st.integers(1, 6), skew=st.booleans(),
+       fmt=st.sampled_from(["mxfp4", "fp8_block", "nvfp4", "bf16"]),
+       act=st.sampled_from([SwigluParams(), GPT_OSS]), aq=st.sampled_from([None, ActQuant.FP8_GROUP]))
+def test_fast_path_within_the_documented_bound_of_gold(seed, t, k, skew, fmt, act, aq):
+    g = torch.Generator().manual_seed(seed)
+    e, h, i = 8, 256, 128
+    x = (torch.randn(t, h, generator=g) * 3).to(torch.bfloat16)
+    f = WEIGHT_FORMATS[fmt]
+    w1 = f.quantize(torch.randn(e, 2 * i, h, generator=g) / h ** 0.5, QuantRecipe())
+    w2 = f.quantize(torch.randn(e, h, i, generator=g) / i ** 0.5, QuantRecipe())
+    ex = Experts(f, w1, w2, torch.randn(e, 2 * i, generator=g), torch.randn(e, h, generator=g))
+    ids = _routing(g, t, e, k, skew)
+    w = torch.softmax(torch.randn(t, k, generator=g), -1)
+    cfg = MoEConfig(activation=act, act_quant=aq, chunk_rows=5)
+    fast, gold = moe_forward(x, ids, w, ex, cfg), gold_moe_forward(x, ids, w, ex, cfg)
+    rel = float((fast - gold).norm() / gold.norm())
+    assert rel <= FAST_PATH_REL_L2, rel
+
+
+def test_gold_catches_a_misrouted_row():
+    """The bit-equality check has teeth: swapping two experts' weights in the fast path shows."""
+    x, ids, w, ex = _integer_case(3, 16, 4, 2, 64, 32, "bf16", False)
+    cfg = MoEConfig(act_fn=_int_act)
+    swapped = Experts(ex.fmt, QTensor(ex.w1.data[[1, 0, 2, 3]]), ex.w2, ex.b1, ex.b2)
+    assert not torch.equal(moe_forward(x, ids, w, swapped, cfg), gold_moe_forward(x, ids, w, ex, cfg))
+
+
+@settings(max_examples=50, deadline=None)
+@given(counts=st.lists(st.integers(0, 300), min_size=1, max_size=12), max_rows=st.integers(1, 128),
+       max_experts=st.integers(1, 5))
+def test_batches_cover_every_row_once_with_bounded_padding(counts, max_rows, max_experts):
+    ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).view(-1, 1)
+    seen, padded = [], 0
+    for b in batches(ids, len(counts), max_rows, max_experts):
+        assert b.rows.shape[0] == b.experts.numel() <= max_experts and b.rows.shape[1] <= padded_count(max_rows)
+        for e, r in zip(b.experts.tolist(), b.rows):
+            r = r[r >= 0]
+            assert bool((ids.view(-1)[r] == e).all())
+            seen += r.tolist()
+        padded += b.rows.numel()
+    assert sorted(seen) == list(range(ids.numel()))
+    assert padded <= 1.125 * ids.numel() + 1e-9
+
+
+def test_fused_mxfp4_decode_is_bit_equal_to_the_eager_one():
+    """The one-pass decode the CUDA reference uses, compiled here for the CPU: every byte, every scale."""
+    import pytest
+    from references.formats import mx_fused
+    from references.formats.mx import mx_dequantize, mxfp4_bf16_eager
+    try:
+        why = mx_fused.status("cpu", mxfp4_bf16_eager)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"torch.compile unavailable on this machine: {e}")
+    if why and why.startswith("torch.compile failed"):
+        pytest.skip(why)
+    assert why is None
+    g = torch.Generator().manual_seed(0)
+    p = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g)
+    s = torch.randint(0, 255, (3, 40, 3), dtype=torch.uint8, generator=g)
+    assert torch.equal(mx_fused.mxfp4_to_bf16(p, s).view(torch.int16), mx_dequantize(p, s, dtype=torch.bfloat16).view(torch.int16))
+
+
+def test_fused_decode_self_check_rejects_a_wrong_kernel(monkeypatch):
+    from references.formats import mx_fused
+    from references.formats.mx import mxfp4_bf16_eager
+    monkeypatch.setattr(mx_fused, "_STATE", {"fn": lambda p, s, t: mx_fused._core(p, s.clamp(max=200), t)})
+    why = mx_fused.status("cpu", mxfp4_bf16_eager)
+    assert why is not None and "differ from the eager decode" in why
