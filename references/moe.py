@@ -126,7 +126,7 @@ def _dequant(experts: Experts, ids: torch.Tensor, dtype: torch.dtype):
     """Dequantize the experts ``ids`` in one call; on a bad scale, name the exact expert."""
     def one(q: QTensor, name: str):
         try:
-            return experts.fmt.dequantize(q.experts(ids), name=name, dtype=dtype)
+            return experts.fmt.dequantize_experts(q, ids, name=name, dtype=dtype)
         except ValueError:
             for e in ids.tolist():  # re-raise with the expert's own index
                 one_e = q.experts(torch.tensor([e], device=q.data.device))

@@ -113,12 +113,14 @@ def test_fused_mxfp4_decode_is_bit_equal_to_the_eager_one():
     g = torch.Generator().manual_seed(0)
     p = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g)
     s = torch.randint(0, 255, (3, 40, 3), dtype=torch.uint8, generator=g)
-    assert torch.equal(mx_fused.mxfp4_to_bf16(p, s).view(torch.int16), mx_dequantize(p, s, dtype=torch.bfloat16).view(torch.int16))
+    ids = torch.tensor([2, 0, 2])
+    got = mx_fused.mxfp4_to_bf16(p, s, ids)
+    assert torch.equal(got.view(torch.int16), mx_dequantize(p[ids], s[ids], dtype=torch.bfloat16).view(torch.int16))
 
 
 def test_fused_decode_self_check_rejects_a_wrong_kernel(monkeypatch):
     from references.formats import mx_fused
     from references.formats.mx import mxfp4_bf16_eager
-    monkeypatch.setattr(mx_fused, "_STATE", {"fn": lambda p, s, t: mx_fused._core(p, s.clamp(max=200), t)})
+    monkeypatch.setattr(mx_fused, "_STATE", {"fn": lambda p, s, i, t: mx_fused._core(p, s.clamp(max=200), i, t)})
     why = mx_fused.status("cpu", mxfp4_bf16_eager)
     assert why is not None and "differ from the eager decode" in why

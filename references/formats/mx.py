@@ -49,11 +49,21 @@ def mx_dequantize(q: torch.Tensor, scales: torch.Tensor, elem: Element | str = E
         raise ValueError(
             f"{name}: scales shape {tuple(scales.shape)} does not match {Element(elem).value} data of K={k} "
             f"with block {block} (expected {tuple(q.shape[:-1]) + (k // block,)})")
-    s = e8m0_decode(scales, name=f"{name} scales").to(dtype)
-    if fp4 and q.is_cuda and dtype == torch.bfloat16 and block == MX_BLOCK and mx_fused.status(q.device, mxfp4_bf16_eager) is None:
-        return mx_fused.mxfp4_to_bf16(as_uint8(q, name), as_uint8(scales, name))   # the same values in one pass (checked bit for bit)
     vals = e2m1_decode_packed(q, dtype) if fp4 else q.to(dtype)
+    s = e8m0_decode(scales, name=f"{name} scales").to(dtype)
     return (vals.unflatten(-1, (-1, block)) * s.unsqueeze(-1)).flatten(-2)
+
+
+def mxfp4_experts_bf16(q: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor, *, name: str = "weight"):
+    """Experts ``ids`` of MXFP4 ``q [E, N, K/2]`` as bf16 in one fused pass on CUDA (the same values
+    as :func:`mx_dequantize`, checked bit for bit at first use); None where that is not available."""
+    if not q.is_cuda or scales.shape[-1] * MX_BLOCK != 2 * q.shape[-1] or scales.shape[:-1] != q.shape[:-1]:
+        return None
+    if mx_fused.status(q.device, mxfp4_bf16_eager) is not None:
+        return None
+    if bool((scales.index_select(0, ids) == 0xFF).any()):
+        return None   # the eager decode names the NaN scale
+    return mx_fused.mxfp4_to_bf16(as_uint8(q, name), as_uint8(scales, name), ids)
 
 
 def mxfp4_bf16_eager(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,14 @@ from references.formats.e2m1 import e2m1_table
 _STATE: dict = {}
 
 
-def _core(packed: torch.Tensor, scales: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``packed [R, K/2]`` uint8, ``scales [R, K/32]`` uint8 E8M0 (no 0xFF) -> bf16 ``[R, K]``."""
-    lo = table[(packed & 0xF).to(torch.int64)]
-    hi = table[(packed >> 4).to(torch.int64)]
-    vals = torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1, 32)
-    bits = torch.where(scales == 0, 1 << 22, scales.to(torch.int32) << 23)   # 2^(s-127); s = 0 is subnormal
-    return (vals * bits.view(torch.float32).unsqueeze(-1)).to(torch.bfloat16).flatten(-2)
+def _core(packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Experts ``ids`` of ``packed [E, R, K/2]`` uint8 with ``scales [E, R, K/32]`` uint8 E8M0 (no
+    0xFF) -> bf16 ``[len(ids), R, K]``; the gather is fused into the decode (no copy of the codes)."""
+    p, s = packed[ids], scales[ids]
+    vals = torch.stack([table[(p & 0xF).to(torch.int64)], table[(p >> 4).to(torch.int64)]], dim=-1)
+    bits = torch.where(s == 0, 1 << 22, s.to(torch.int32) << 23)   # 2^(s-127); s = 0 is subnormal
+    out = vals.reshape(*p.shape[:-1], -1, 32) * bits.view(torch.float32).unsqueeze(-1)
+    return out.to(torch.bfloat16).flatten(-2)
 
 
 def _compiled():
@@ -34,13 +35,14 @@ def _compiled():
 
 def _self_check(device, eager) -> str | None:
     """None if the fused decode equals ``eager(packed, scales)`` on every byte and every finite scale."""
-    packed = torch.arange(256, dtype=torch.uint8, device=device).repeat(255, 1)        # [255, 256]
-    scales = torch.arange(255, dtype=torch.uint8, device=device).unsqueeze(-1).expand(255, 16).contiguous()
+    packed = torch.arange(256, dtype=torch.uint8, device=device).repeat(255, 1, 1)     # [255, 1, 256]
+    scales = torch.arange(255, dtype=torch.uint8, device=device).view(255, 1, 1).expand(255, 1, 16).contiguous()
+    ids = torch.arange(254, -1, -1, device=device)                                      # reversed: the gather too
     try:
-        got = _compiled()(packed, scales, e2m1_table(device))
+        got = _compiled()(packed, scales, ids, e2m1_table(device))
     except Exception as e:  # noqa: BLE001 - any compile failure means: use the eager decode
         return f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    want = eager(packed, scales)
+    want = eager(packed[ids], scales[ids])
     bad = int((got.view(torch.int16) != want.view(torch.int16)).sum())
     return None if bad == 0 else f"{bad} of {want.numel()} values differ from the eager decode"
 
@@ -54,8 +56,10 @@ def status(device, eager) -> str | None:
     return _STATE[key]
 
 
-def mxfp4_to_bf16(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``[..., K/2]`` codes and ``[..., K/32]`` finite E8M0 scales to bf16 ``[..., K]``."""
-    lead = packed.shape[:-1]
-    out = _compiled()(packed.reshape(-1, packed.shape[-1]), scales.reshape(-1, scales.shape[-1]), e2m1_table(packed.device))
-    return out.reshape(*lead, -1)
+def mxfp4_to_bf16(packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Experts ``ids`` of ``[E, ..., K/2]`` codes with ``[E, ..., K/32]`` finite E8M0 scales -> bf16
+    ``[len(ids), ..., K]``."""
+    e, mid = packed.shape[0], packed.shape[1:-1]
+    out = _compiled()(packed.reshape(e, -1, packed.shape[-1]), scales.reshape(e, -1, scales.shape[-1]),
+                      ids.to(packed.device), e2m1_table(packed.device))
+    return out.reshape(ids.numel(), *mid, -1)

@@ -63,6 +63,15 @@ class WeightFormat:
             raise ValueError(f"{self.name} weights are not exactly representable in {dtype}")
         return self.dequantize_fn(q, name, dtype)
 
+    def dequantize_experts(self, q: QTensor, ids: torch.Tensor, *, name: str = "weight",
+                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The experts ``ids`` of a batched ``q``, dequantized (MXFP4 to bf16 on CUDA: one fused pass)."""
+        if self.name == "mxfp4" and dtype == torch.bfloat16:
+            out = mx.mxfp4_experts_bf16(q.data, q.scale, ids, name=name)
+            if out is not None:
+                return out
+        return self.dequantize(q.experts(ids), name=name, dtype=dtype)
+
     def __str__(self) -> str:
         return self.name
 
