@@ -13,6 +13,8 @@ from harness.backends.base import Requirements
 from harness.backends.flashinfer import FI
 from harness.probes import flashinfer as fi
 from harness.probes import torch_fp8 as tf
+from harness.probes import triton_kernels_int16 as tki
+from harness.backends.triton_kernels import TK
 from harness.probes.base import Probe, ProbeResult, run_probes
 
 __all__ = ["Probe", "ProbeResult", "all_probes", "run_probes"]
@@ -35,4 +37,6 @@ def all_probes() -> list[Probe]:
         _mk("torch-scaled-mm", "torch._scaled_mm / torch.nn.functional.scaled_mm", Requirements(devices=("sm90+",)),
             tf.scaled_mm_probe),
         _mk("torch-scaled-grouped-mm", "torch._scaled_grouped_mm", Requirements(devices=("sm90+",)), tf.grouped_probe),
+        _mk("triton-kernels-topk-int16-ids", "triton_kernels.topk.topk_forward(y_indx=int16 / int32 ids)",
+            Requirements(devices=("cuda",), libraries=(TK,)), tki.int16_probe),
     ]
