@@ -58,8 +58,12 @@ def status(device, eager) -> str | None:
 
 def mxfp4_to_bf16(packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Experts ``ids`` of ``[E, ..., K/2]`` codes with ``[E, ..., K/32]`` finite E8M0 scales -> bf16
-    ``[len(ids), ..., K]``."""
+    ``[len(ids), ..., K]`` (None if compiling for this shape fails: the caller decodes eagerly)."""
     e, mid = packed.shape[0], packed.shape[1:-1]
-    out = _compiled()(packed.reshape(e, -1, packed.shape[-1]), scales.reshape(e, -1, scales.shape[-1]),
-                      ids.to(packed.device), e2m1_table(packed.device))
+    try:
+        out = _compiled()(packed.reshape(e, -1, packed.shape[-1]), scales.reshape(e, -1, scales.shape[-1]),
+                          ids.to(packed.device), e2m1_table(packed.device))
+    except Exception as err:  # noqa: BLE001 - a recompile that fails: the eager decode from now on
+        _STATE[str(packed.device)] = f"torch.compile failed on a new shape: {type(err).__name__}"
+        return None
     return out.reshape(ids.numel(), *mid, -1)
