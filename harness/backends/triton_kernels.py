@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.backends.base import Level, Requirements
+from harness.backends.base import Level, Requirements, h100
 from harness.backends.emulated import MXFP4, EmulatedInterleavedMx
 from harness.backends.libapi import Library
 from harness.cases import CaseData
@@ -63,8 +63,8 @@ class TritonKernelsMxfp4(EmulatedInterleavedMx):
     description = "OpenAI triton_kernels matmul_ogs MXFP4 MoE, fused GPT-OSS SwiGLU, Hopper layouts (bf16 x MXFP4)"
     # sm90 only: on sm100 the Blackwell layouts and is_persistent apply (vLLM mxfp4_utils.py:72-77), not verified here
     requirements = Requirements(devices=("sm90",), libraries=(TK,), formats=(MXFP4,), act_quants=(None,), k_multiple=64)
-    verified = Level("L1", ("tests/fixtures/api/triton_kernels-3.6.0.json", "tests/test_l1_triton_kernels.py",
-                            "reports/l1/triton-kernels-3.6.0.log"))
+    verified = Level("L2", ("tests/fixtures/api/triton_kernels-3.6.0.json", "tests/test_l1_triton_kernels.py",
+                            "reports/l1/triton-kernels-3.6.0.log") + h100("h100-tk", "h100-tk-smoke", "fuzz-20261123-tk"))
     kernel = "triton_kernels.matmul_ogs.matmul_ogs(fused_activation=swiglu_fn)"
     budget_k = BUDGET_K
 
