@@ -22,17 +22,18 @@ ENUM_BASES = {"Enum", "IntEnum", "StrEnum", "IntFlag", "Flag"}
 
 # ---- reading a library's source -----------------------------------------------------------------
 class Source:
-    """Python files of a wheel (zip) or a source tree, by module name."""
+    """Python files of a wheel (zip) or a source tree, by module name; a compiled module is read from
+    its type stub (``_C.pyi``, e.g. made by the library's own stub generator)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._zip = zipfile.ZipFile(self.path) if self.path.is_file() else None
-        names = self._zip.namelist() if self._zip else [str(p.relative_to(self.path)) for p in self.path.rglob("*.py")]
-        self.files = {n.replace("\\", "/") for n in names if n.endswith(".py")}
+        names = self._zip.namelist() if self._zip else [str(p.relative_to(self.path)) for p in self.path.rglob("*.py*")]
+        self.files = {n.replace("\\", "/") for n in names if n.endswith((".py", ".pyi"))}
 
     def module_file(self, module: str) -> str | None:
         base = module.replace(".", "/")
-        for cand in (f"{base}.py", f"{base}/__init__.py"):
+        for cand in (f"{base}.py", f"{base}/__init__.py", f"{base}.pyi"):
             hits = [f for f in self.files if f == cand or f.endswith("/" + cand)]
             if hits:
                 return min(hits, key=len)
@@ -55,15 +56,28 @@ def _resolve_from(module: str, node: ast.ImportFrom, is_pkg: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _top_level(body: list) -> list:
+    """Module-level statements, with those of ``try`` / ``if`` blocks (optional imports) inlined."""
+    out = []
+    for node in body:
+        out.append(node)
+        if isinstance(node, ast.Try):
+            out += _top_level(node.body)
+        elif isinstance(node, ast.If):
+            out += _top_level(node.body) + _top_level(node.orelse)
+    return out
+
+
 def _find(src: Source, module: str, name: str, depth: int = 0):
     """(defining module, ast node) of ``module.name``, following re-exports."""
     tree = src.tree(module)
     if tree is None or depth > 6:
         return None, None
-    for node in tree.body:
+    body = _top_level(tree.body)
+    for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
             return module, node
-    for node in tree.body:
+    for node in body:
         if isinstance(node, ast.ImportFrom):
             for a in node.names:
                 if (a.asname or a.name) == name:
