@@ -6,10 +6,12 @@ What the fast path promises against it:
 - **bit-equal** whenever its fp32 (or bf16 x bf16 -> fp32) GEMMs are exact, which holds for inputs
   whose products and partial sums fit fp32's 24-bit significand (small integers times powers of
   two): the batching, padding, sorting and scatter add no error of their own;
-- otherwise the difference is fp32 accumulation of exact products: relative L2 within
-  ``FAST_PATH_REL_L2 = 1e-5`` for K up to 8192 (a random-order sum of K products errs about
-  ``sqrt(K) * 2^-24`` relative, 5e-6 at K = 8192; a bf16 rounding of the activation that flips
-  because of it moves one element by one bf16 step, far below this at the output).
+- otherwise the difference is fp32 accumulation of exact products: with no rounding of the
+  intermediate (``intermediate_dtype=None``) relative L2 within ``FAST_PATH_REL_L2 = 1e-5`` for K up
+  to 8192 (a random-order sum of K products errs about ``sqrt(K) * 2^-24`` relative, 5e-6 at
+  K = 8192). Where the intermediate is rounded to bf16 (or re-quantized to FP8), an accumulation
+  difference can flip one rounding, which moves that element a whole bf16 (FP8) step: no useful
+  bound holds per element, so that path is checked bit for bit on exact inputs instead.
 
 Weights are their fp32 dequantization in both paths (exact for bf16, MXFP4 and MXFP8; for fp32
 block scales and NVFP4's scale / global scale the product rounds once in fp32, relative 2^-24 per

@@ -61,8 +61,9 @@ def mxfp4_experts_bf16(q: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor,
         return None
     if mx_fused.status(q.device, mxfp4_bf16_eager) is not None:
         return None
-    if bool((scales.index_select(0, ids) == 0xFF).any()):
-        return None   # the eager decode names the NaN scale
+    sel = scales.index_select(0, ids)
+    if bool(((sel == 0xFF) | (sel < mx_fused.MIN_SCALE)).any()):
+        return None   # the eager decode names a NaN scale; tiny scales make subnormal values
     return mx_fused.mxfp4_to_bf16(as_uint8(q, name), as_uint8(scales, name), ids)
 
 

@@ -1,47 +1,52 @@
-"""MXFP4 -> bf16 dequantization as one fused kernel (``torch.compile``), for the reference on CUDA.
+"""MXFP4 -> bf16 dequantization in one pass (the Triton kernel of ``mx_triton``), for the reference on CUDA.
 
-The eager decode (:func:`references.formats.mx.mx_dequantize`) makes four passes over the weights
-(byte -> int64 index, table lookup, scale multiply); at GPT-OSS-120B size that is ~14 bytes of
-traffic per weight, against ~2.6 for one pass that reads the packed codes and writes bf16.
-The same table and the same exact products: a code times a power of two is exact in fp32 and in
-bf16. Exactness is not assumed: the first use on a device compares every (byte, scale) pair with
-the eager decode bit for bit, and falls back to the eager decode if one differs (``status()``).
+The eager decode (:func:`references.formats.mx.mx_dequantize`) makes several passes over the weights
+(byte -> int64 index, table lookup, scale multiply), ~14 bytes of traffic per weight; this kernel
+reads each packed byte and its scale once and writes two bf16 values (~2.6 bytes per weight), and
+gathers the batch's experts itself. The same exact values: an E2M1 code times a power of two is exact
+in fp32 and in bf16 (OCP MX v1.0 sections 5.3.3, 5.4.1, 6.2). Exactness is not assumed: the first use on
+a device compares every (byte, scale) pair with the eager decode bit for bit, and falls back to the
+eager decode if one differs or the kernel cannot run (``status()``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from references.formats.e2m1 import e2m1_table
-
 _STATE: dict = {}
+BLOCK = 2048       # packed bytes per program
+MIN_SCALE = 4      # E8M0 codes below it make subnormal products (6 * 2^(3-127) < 2^-126): eager decode there
 
 
-def _core(packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Experts ``ids`` of ``packed [E, R, K/2]`` uint8 with ``scales [E, R, K/32]`` uint8 E8M0 (no
-    0xFF) -> bf16 ``[len(ids), R, K]``; the gather is fused into the decode (no copy of the codes)."""
-    p, s = packed[ids], scales[ids]
-    vals = torch.stack([table[(p & 0xF).to(torch.int64)], table[(p >> 4).to(torch.int64)]], dim=-1)
-    bits = torch.where(s == 0, 1 << 22, s.to(torch.int32) << 23)   # 2^(s-127); s = 0 is subnormal
-    out = vals.reshape(*p.shape[:-1], -1, 32) * bits.view(torch.float32).unsqueeze(-1)
-    return out.to(torch.bfloat16).flatten(-2)
+def _kernel():
+    """The Triton kernel (triton is an optional dependency: imported on first use)."""
+    if "kernel" not in _STATE:
+        from references.formats.mx_triton import decode_mxfp4
+        _STATE["kernel"] = decode_mxfp4
+    return _STATE["kernel"]
 
 
-def _compiled():
-    if "fn" not in _STATE:
-        _STATE["fn"] = torch.compile(_core, dynamic=True, fullgraph=True)
-    return _STATE["fn"]
+def _run(packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Experts ``ids`` of ``packed [E, R, K/2]`` (uint8) with ``scales [E, R, K/32]`` -> bf16 ``[B, R, K]``."""
+    e, r, kb = packed.shape
+    n = r * kb
+    out = torch.empty(ids.numel(), r, 2 * kb, dtype=torch.bfloat16, device=packed.device)
+    if out.numel():
+        grid = (ids.numel(), -(-n // BLOCK))
+        _kernel()[grid](packed.contiguous(), scales.contiguous(), ids.to(torch.int32).contiguous(), out, n, BLOCK=BLOCK)
+    return out
 
 
 def _self_check(device, eager) -> str | None:
-    """None if the fused decode equals ``eager(packed, scales)`` on every byte and every finite scale."""
-    packed = torch.arange(256, dtype=torch.uint8, device=device).repeat(255, 1, 1)     # [255, 1, 256]
-    scales = torch.arange(255, dtype=torch.uint8, device=device).view(255, 1, 1).expand(255, 1, 16).contiguous()
-    ids = torch.arange(254, -1, -1, device=device)                                      # reversed: the gather too
+    """None if the kernel equals ``eager(packed, scales)`` on every byte and every scale it is used for."""
+    n = 255 - MIN_SCALE                                                                  # codes MIN_SCALE..254
+    packed = torch.arange(256, dtype=torch.uint8, device=device).repeat(n, 2, 1)         # [n, 2, 256]
+    scales = torch.arange(MIN_SCALE, 255, dtype=torch.uint8, device=device).view(n, 1, 1).expand(n, 2, 16).contiguous()
+    ids = torch.arange(n - 1, -1, -1, device=device)                                     # reversed: the gather too
     try:
-        got = _compiled()(packed, scales, ids, e2m1_table(device))
-    except Exception as e:  # noqa: BLE001 - any compile failure means: use the eager decode
-        return f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        got = _run(packed, scales, ids)
+    except Exception as err:  # noqa: BLE001 - no triton, no GPU, a compile error: the eager decode
+        return f"the Triton decode cannot run: {type(err).__name__}: {' '.join(str(err).split())[:160]}"
     want = eager(packed[ids], scales[ids])
     bad = int((got.view(torch.int16) != want.view(torch.int16)).sum())
     return None if bad == 0 else f"{bad} of {want.numel()} values differ from the eager decode"
@@ -56,14 +61,13 @@ def status(device, eager) -> str | None:
     return _STATE[key]
 
 
-def mxfp4_to_bf16(packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def mxfp4_to_bf16(packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch.Tensor | None:
     """Experts ``ids`` of ``[E, ..., K/2]`` codes with ``[E, ..., K/32]`` finite E8M0 scales -> bf16
-    ``[len(ids), ..., K]`` (None if compiling for this shape fails: the caller decodes eagerly)."""
+    ``[len(ids), ..., K]`` (None if the kernel fails here: the caller decodes eagerly)."""
     e, mid = packed.shape[0], packed.shape[1:-1]
     try:
-        out = _compiled()(packed.reshape(e, -1, packed.shape[-1]), scales.reshape(e, -1, scales.shape[-1]),
-                          ids.to(packed.device), e2m1_table(packed.device))
-    except Exception as err:  # noqa: BLE001 - a recompile that fails: the eager decode from now on
-        _STATE[str(packed.device)] = f"torch.compile failed on a new shape: {type(err).__name__}"
+        out = _run(packed.reshape(e, -1, packed.shape[-1]), scales.reshape(e, -1, scales.shape[-1]), ids)
+    except Exception as err:  # noqa: BLE001
+        _STATE[str(packed.device)] = f"the Triton decode failed: {type(err).__name__}"
         return None
     return out.reshape(ids.numel(), *mid, -1)
