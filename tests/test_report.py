@@ -103,6 +103,15 @@ def test_merge_matrix_columns_per_device():
     assert "| `a · fi`" in md and "❌ 90.00%" in md and "⏭" in md
 
 
+def test_merge_one_device_two_library_versions_gives_two_columns():
+    old = doc("sm90", "NVIDIA H100", [row("a", "fi", "fail", 0.2, 0.05)]) | {"packages": {"flashinfer-python": "0.6.12", "torch": "2.11"}}
+    new = doc("sm90", "NVIDIA H100", [row("a", "fi", "pass")]) | {"packages": {"flashinfer-python": "0.7.2.post1", "torch": "2.11"}}
+    m = merge_runs([old, new])
+    assert m["devices"] == ["sm90 NVIDIA H100 · flashinfer-python 0.6.12", "sm90 NVIDIA H100 · flashinfer-python 0.7.2.post1"]
+    assert m["cells"]["a · fi"]["sm90 NVIDIA H100 · flashinfer-python 0.6.12"]["status"] == "fail"
+    assert m["cells"]["a · fi"]["sm90 NVIDIA H100 · flashinfer-python 0.7.2.post1"]["status"] == "pass"
+
+
 def test_markdown_golden():
     base, new = _pair()
     got = {"report.md": render_markdown(new), "diff.md": render_diff_markdown(diff_runs(base, new)),

@@ -10,10 +10,22 @@ from harness.report.markdown import device_label, table
 from harness.report.writer import SCHEMA_VERSION, ReportError
 
 
+def _labels(docs: list[dict]) -> list[str]:
+    """A column per device; runs on one device with different library versions (FlashInfer 0.6.12 and
+    0.7.2.post1 on one H100) get a column each, named by the packages that differ."""
+    base = [device_label(d.get("device", {})) for d in docs]
+    out = []
+    for label, d in zip(base, docs):
+        same = [o.get("packages") or {} for b, o in zip(base, docs) if b == label]
+        pk = d.get("packages") or {}
+        differ = sorted(k for k in set().union(*same) if k != "moe-accuracy" and len({s.get(k) for s in same}) > 1)
+        out.append(label + "".join(f" · {k} {pk.get(k, '-')}" for k in differ))
+    return out
+
+
 def _frame(docs: list[dict]) -> pd.DataFrame:
     recs = []
-    for d in docs:
-        label = device_label(d.get("device", {}))
+    for label, d in zip(_labels(docs), docs):
         for r in d.get("rows", []):
             m = r.get("metrics") or {}
             recs.append({"device": label, "case": r["case"], "backend": r["backend"], "status": r["status"],
