@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from references.activations import Precision, swiglu
 from references.formats.registry import fake_quant_activation
-from references.layouts import split_gate_up
-from references.moe import Experts, MoEConfig
+from references.moe import Experts, MoEConfig, between_gemms
 
 FAST_PATH_REL_L2 = 1e-5
 
@@ -47,13 +45,7 @@ def gold_moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torc
         h = (xq[m].double() @ w1.T).float()
         if experts.b1 is not None:
             h = h + experts.b1[e].to(torch.float32)
-        gate, up = split_gate_up(h, experts.order, dim=-1)
-        if cfg.precision is Precision.KERNEL and cfg.intermediate_dtype is not None:
-            gate, up = gate.to(cfg.intermediate_dtype), up.to(cfg.intermediate_dtype)
-        a = (cfg.act_fn or swiglu)(gate, up, cfg.activation, cfg.precision)
-        if cfg.intermediate_dtype is not None:
-            a = a.to(cfg.intermediate_dtype)
-        a = fake_quant_activation(a, cfg.act_quant, cfg.act_rule)
+        a = between_gemms(h, experts.order, cfg)   # the same elementwise code as the fast path
         y = (a.double() @ w2.T).float()
         if experts.b2 is not None:
             y = y + experts.b2[e].to(torch.float32)

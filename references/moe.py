@@ -91,18 +91,24 @@ def _expert_ffn(xe, w1e, w2e, experts: Experts, ids: torch.Tensor, cfg: MoEConfi
     h = plan.mm(xe, w1e)
     if experts.b1 is not None:
         h = h + experts.b1.index_select(0, ids).to(torch.float32).unsqueeze(-2)
-    gate, up = split_gate_up(h, experts.order, dim=-1)
-    if cfg.precision is Precision.KERNEL and cfg.intermediate_dtype is not None:
-        gate, up = gate.to(cfg.intermediate_dtype), up.to(cfg.intermediate_dtype)
-    a = (cfg.act_fn or swiglu)(gate, up, cfg.activation, cfg.precision)
-    if cfg.intermediate_dtype is not None:
-        a = a.to(cfg.intermediate_dtype)
-    a = fake_quant_activation(a, cfg.act_quant, cfg.act_rule)
+    a = between_gemms(h, experts.order, cfg)
     bf16_in = plan.exact_bf16 and cfg.intermediate_dtype == torch.bfloat16
     y = plan.mm(a.to(torch.bfloat16) if bf16_in else a, w2e, bf16_in)
     if experts.b2 is not None:
         y = y + experts.b2.index_select(0, ids).to(torch.float32).unsqueeze(-2)
     return y
+
+
+def between_gemms(h: torch.Tensor, order: GateUpOrder, cfg: MoEConfig) -> torch.Tensor:
+    """fc1's output (bias added) to fc2's input: split gate/up, the activation, the rounding to the
+    intermediate dtype and the FP8 re-quantization the config names (fp32 out)."""
+    gate, up = split_gate_up(h, order, dim=-1)
+    if cfg.precision is Precision.KERNEL and cfg.intermediate_dtype is not None:
+        gate, up = gate.to(cfg.intermediate_dtype), up.to(cfg.intermediate_dtype)
+    a = (cfg.act_fn or swiglu)(gate, up, cfg.activation, cfg.precision)
+    if cfg.intermediate_dtype is not None:
+        a = a.to(cfg.intermediate_dtype)
+    return fake_quant_activation(a, cfg.act_quant, cfg.act_rule)
 
 
 def _check_routing(x, topk_ids, topk_weights, num_experts: int) -> None:

@@ -28,6 +28,7 @@ from harness.backends.base import Level, Requirements
 from harness.backends.emulated import FP8_BLOCK
 from harness.backends.emulated_cutlass import EmulatedFp8Block
 from harness.backends.libapi import Library
+from harness.backends.torch_grouped import sort_by_expert
 from harness.cases import CaseData
 from references.activations import Precision, swiglu
 from references.formats import ActQuant, Fp8Scale
@@ -39,16 +40,11 @@ DEEPGEMM = Library("deep-gemm", "deep_gemm", ">=2.6,<2.7", ("deep_gemm-2.6.1",),
 
 
 def contiguous_layout(topk_ids: torch.Tensor, num_experts: int, align: int):
-    """Row map for the contiguous layout: (row -> flat (token, slot) index or -1, grouped_layout int32)."""
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    counts = torch.bincount(flat, minlength=num_experts)
-    padded = (counts + align - 1) // align * align
-    starts = torch.cumsum(padded, 0) - padded
-    order = torch.argsort(flat, stable=True)
-    rank = torch.arange(flat.numel(), device=flat.device) - (torch.cumsum(counts, 0) - counts)[flat[order]]
-    src = torch.full((int(padded.sum()),), -1, dtype=torch.int64, device=flat.device)
-    src[starts[flat[order]] + rank] = order
-    expert = torch.repeat_interleave(torch.arange(num_experts, device=flat.device, dtype=torch.int32), padded)
+    """Row map for the contiguous layout: (row -> flat (token, slot) index or -1, grouped_layout int32:
+    the expert of each row, -1 on padding rows)."""
+    src, ends = sort_by_expert(topk_ids, num_experts, align)
+    sizes = torch.diff(ends.long(), prepend=ends.new_zeros(1).long())
+    expert = torch.repeat_interleave(torch.arange(num_experts, device=src.device, dtype=torch.int32), sizes)
     return src, torch.where(src >= 0, expert, torch.full_like(expert, -1))
 
 

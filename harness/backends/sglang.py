@@ -22,22 +22,22 @@ from __future__ import annotations
 
 import torch
 
-from harness.backends.base import Backend, Level, Requirements
-from harness.backends.common import experts_in_order
-from harness.backends.emulated import FP8_BLOCK, Combines
+from harness.backends.base import Level, Requirements
+from harness.backends.emulated import FP8_BLOCK
 from harness.backends.libapi import Library
-from harness.backends.vllm import FusedExpertsWeights
+from harness.backends.vllm import FusedExpertsWeights, VllmFusedExperts
 from harness.cases import CaseData
-from references.activations import GPT_OSS
 from references.formats import SGLANG as SGLANG_RULE
 from references.formats import WEIGHT_FORMATS, ActQuant, Fp8Scale
-from references.layouts import GateUpOrder
 
 SGLANG = Library("sglang", "sglang", ">=0.5.23,<0.5.24", ("sglang-0.5.23",), "PyPI wheel sglang-0.5.23")
 SGL_KERNEL = Library("sglang-kernel", "sgl_kernel", ">=0.4.10,<0.5", (), "sglang 0.5.23 METADATA pins sglang-kernel==0.4.10")
 
 
-class SglangFusedExperts(Combines, Backend):
+class SglangFusedExperts(VllmFusedExperts):
+    """The same weight contract as vLLM's (``[gate; up]`` or interleaved, ``[E, N/128, K/128]`` fp32
+    scales, :meth:`VllmFusedExperts.prepare`); its own call, config and FP8 activation rule."""
+
     name = "sglang-fused-experts"
     description = "SGLang Triton fused_experts (bf16, or FP8 128x128 block W8A8), silu or GPT-OSS swiglu"
     requirements = Requirements(devices=("cuda", "rocm"), libraries=(SGLANG, SGL_KERNEL),
@@ -46,23 +46,8 @@ class SglangFusedExperts(Combines, Backend):
     verified = Level("L0", ("tests/fixtures/api/sglang-0.5.23.json", "tests/test_api_snapshots.py"))
     kernel = "sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe.fused_experts"
 
-    def case_gate(self, case):
-        why = super().case_gate(case)
-        fp8 = case.weight_format is FP8_BLOCK
-        if why is None and fp8 != (case.act_quant is ActQuant.FP8_GROUP):
-            why = "FP8 block weights go with fp8_group activations (W8A8, fp32 scales) and bf16 with none"
-        if why is None and fp8 and (case.hidden % 128 or case.intermediate % 128):
-            why = "FP8 block: hidden and intermediate must be multiples of 128 (the quantizer asserts K % 128 == 0)"
-        if why is None and not (case.swiglu.is_plain or case.swiglu == GPT_OSS):
-            why = "plain silu, or GPT-OSS's swiglu (alpha, limit, +1 on up) only (fused_moe.py:410-434)"
-        return why
-
-    def prepare(self, data: CaseData, device: str) -> FusedExpertsWeights:
-        interleaved = not data.case.swiglu.is_plain
-        ex = experts_in_order(data.experts, GateUpOrder.INTERLEAVED if interleaved else GateUpOrder.GATE_UP)
-        s = lambda t: None if t is None else t.float().contiguous()  # noqa: E731 - fp32 scales
-        return FusedExpertsWeights(ex.w1.data.contiguous(), ex.w2.data.contiguous(), s(ex.w1.scale), s(ex.w2.scale),
-                                   ex.b1, ex.b2, interleaved)
+    def fp8_act_quant(self) -> ActQuant:
+        return ActQuant.FP8_GROUP   # fp32 scales: scale_ue8m0 is never passed (fp8_kernel.py:410-486)
 
     def runner_config(self, p: FusedExpertsWeights, data: CaseData):
         config = SGLANG.attr("sglang.srt.layers.moe.moe_runner.base", "MoeRunnerConfig")

@@ -65,30 +65,35 @@ class VllmFusedExperts(Combines, Backend):
     verified = Level("L0", ("tests/fixtures/api/vllm-0.33.0.json", "tests/test_api_snapshots.py"))
     kernel = "vllm.model_executor.layers.fused_moe.fused_moe.fused_experts"
 
+    def fp8_act_quant(self) -> ActQuant:
+        """How this library quantizes activations for FP8 block weights."""
+        return vllm_act_quant()
+
     def case_gate(self, case):
         why = super().case_gate(case)
         fp8 = case.weight_format is FP8_BLOCK
-        if why is None and fp8 and case.act_quant is not vllm_act_quant():
-            why = (f"vLLM quantizes activations as {vllm_act_quant().value} here (DeepGEMM E8M0 mode, "
-                   "utils/deep_gemm.py:121-143; VLLM_USE_DEEP_GEMM_E8M0=0 for fp32 scales)")
+        if why is None and fp8 and case.act_quant is not self.fp8_act_quant():
+            why = (f"{self.name} quantizes activations as {self.fp8_act_quant().value} here (vLLM: DeepGEMM E8M0 "
+                   "mode, utils/deep_gemm.py:121-143, VLLM_USE_DEEP_GEMM_E8M0=0 for fp32; SGLang: fp32 scales)")
         if why is None and not fp8 and case.act_quant is not None:
             why = "bf16 weights run with unquantized activations"
         if why is None and fp8 and (case.hidden % 128 or case.intermediate % 128):
-            why = "FP8 block: hidden and intermediate must be multiples of 128 (fp8_utils.py:666-669)"
+            why = "FP8 block: hidden and intermediate must be multiples of 128 (the quantizer asserts K % 128 == 0)"
         if why is None and not (case.swiglu.is_plain or case.swiglu == GPT_OSS):
-            why = "plain SiLU or GPT-OSS's SWIGLUOAI (alpha 1.702, limit 7.0 fixed) only (activation.py:21-45)"
+            why = "plain SiLU or GPT-OSS's SwiGLU (alpha 1.702, +1 on up, limit 7) only (vLLM activation.py:21-45)"
         return why
 
     def prepare(self, data: CaseData, device: str) -> FusedExpertsWeights:
         interleaved = not data.case.swiglu.is_plain
         ex = experts_in_order(data.experts, GateUpOrder.INTERLEAVED if interleaved else GateUpOrder.GATE_UP)
-        return FusedExpertsWeights(ex.w1.data.contiguous(), ex.w2.data.contiguous(), ex.w1.scale, ex.w2.scale,
+        s = lambda t: None if t is None else t.float().contiguous()  # noqa: E731 - fp32 scales
+        return FusedExpertsWeights(ex.w1.data.contiguous(), ex.w2.data.contiguous(), s(ex.w1.scale), s(ex.w2.scale),
                                    ex.b1, ex.b2, interleaved)
 
     def quant_config(self, p: FusedExpertsWeights):
         if p.w1_scale is not None:   # config.py:593-632
             fp8_config = VLLM.attr("vllm.model_executor.layers.fused_moe.config", "fp8_w8a8_moe_quant_config")
-            return fp8_config(w1_scale=p.w1_scale.float(), w2_scale=p.w2_scale.float(), w1_bias=p.b1, w2_bias=p.b2,
+            return fp8_config(w1_scale=p.w1_scale, w2_scale=p.w2_scale, w1_bias=p.b1, w2_bias=p.b2,
                               block_shape=[128, 128])
         if p.b1 is not None or p.b2 is not None:   # config.py:987
             return VLLM.attr("vllm.model_executor.layers.fused_moe.config", "biased_moe_quant_config")(
