@@ -7,7 +7,10 @@ library's own ``unswizzle_data`` reads the buffers back, and its own dequantizer
 ``upcast_from_mxfp_torch`` (``numerics_details/mxfp.py:324``) turns them into the weights the kernel
 multiplies by, which must equal the case's weights with fc1 rows interleaved (gate at column 2j,
 ``swiglu_details/_swiglu.py:52``). The routing metadata needs a GPU (``make_bitmatrix_metadata``
-is a Triton kernel) and is checked on the H100. Logs of runs: ``reports/l1/triton-kernels-3.6.0.log``.
+is a Triton kernel) and is checked on the H100; its first step, the uint32 bitmatrix the adapter packs
+itself, is checked here bit by bit (the int16 regression ids included). The library's torch twin of its
+fused SwiGLU (``swiglu.py:89-100``) applied to the fc1 output in the kernel's column order must equal the
+harness reference in the case's order. Logs of runs: ``reports/l1/triton-kernels-3.6.0.log``.
 """
 
 import sys
@@ -52,6 +55,10 @@ def test_library_gate_messages(monkeypatch):
     ({"dtype": "float16"}, "bf16 activations only"),
     ({"hidden": 96}, "hidden=96 is not a multiple of 64"),
     ({"weight_format": "bf16"}, "weight format bf16 not supported"),
+    ({"topk": 2048, "experts": 4096}, "top-k 2048 is not a power of two <= 1024"),
+    ({"experts": 70000}, "the metadata sort keys an expert id in 16 bits"),
+    ({"tokens": TKB.MAX_TOKENS + 1}, "numbered in 15 bits"),
+    ({"tokens": 0}, "needs at least 1 tokens"),
 ])
 def test_case_gates(kw, why):
     assert why in (BACKEND.case_gate(case(**kw)) or "")
@@ -59,6 +66,17 @@ def test_case_gates(kw, why):
 
 def test_gpt_oss_case_passes_the_gate():
     assert BACKEND.case_gate(case()) is None
+
+
+# ---- the adapter's own bitmatrix (pure torch; the library's metadata kernels need a GPU) -------------
+@pytest.mark.parametrize("experts", [40, 64, 65])
+def test_bitmatrix_words_set_one_bit_per_selected_expert(experts):
+    ids = torch.tensor([[1, 3, 7, 17], [1, 3, 7, 15], [0, 14, 16, 31], [33, 39, 32, 0]])   # the int16 finding's rows
+    words = TKB.bitmatrix_words(ids, experts)
+    assert words.dtype == torch.uint32 and words.shape == (4, (experts + 31) // 32)
+    got = [[w & 0xFFFFFFFF for w in row] for row in words.view(torch.int32).to(torch.int64).tolist()]
+    want = [[sum(1 << (e % 32) for e in row if e // 32 == j) for j in range(words.shape[1])] for row in ids.tolist()]
+    assert got == want
 
 
 # ---- L1: the library's own layout code --------------------------------------------------------------
@@ -110,3 +128,25 @@ def test_the_check_sees_a_wrong_row_order():
                                       torch.float32, axis=-1)
     want = convert_gate_up(data.experts.fmt.dequantize(data.experts.w1), data.experts.order, GateUpOrder.INTERLEAVED, dim=-2)
     assert not torch.equal(got, want)
+
+
+@pytest.mark.parametrize("beta,same", [(1.0, True), (0.0, False)])
+def test_library_swiglu_on_the_kernel_columns_is_the_reference(beta, same):
+    """fc1 in the kernel's columns (read back through the library) + the library's swiglu_torch == the
+    reference on the case's order, for GPT-OSS (beta 1); beta 0 differs: the +1 is the library's own."""
+    mxfp = _library()
+    swiglu = pytest.importorskip("triton_kernels.swiglu")
+    from references.activations import swiglu as ref_swiglu
+    from references.layouts import split_gate_up
+    data = make_inputs(case(activation={"alpha": 1.702, "beta": beta, "limit": 7.0}), "cpu")
+    p, ex, act = BACKEND.prepare(data, "cpu"), data.experts, data.case.swiglu
+    codes = p.w1.storage.layout.unswizzle_data(p.w1.storage.data)
+    n, k = ex.w1.data.shape[1], ex.w1.data.shape[2] * 2
+    scales = p.pc1.weight_scale.storage.layout.unswizzle_data(p.pc1.weight_scale.storage.data)[..., : k // 32, :n]
+    kernel_w = mxfp.upcast_from_mxfp_torch(codes.transpose(-2, -1).contiguous(), scales.transpose(-2, -1).contiguous(),
+                                           torch.float32, axis=-1)
+    x, w = data.x.float(), ex.fmt.dequantize(ex.w1)
+    for e in range(data.case.experts):
+        got = swiglu.swiglu_torch(x @ kernel_w[e].T + p.b1[e], act.alpha, swiglu.PrecisionConfig(limit=act.limit))
+        gate, up = split_gate_up(x @ w[e].T + ex.b1[e].float(), ex.order, dim=-1)
+        assert torch.allclose(got, ref_swiglu(gate, up, act), rtol=1e-5, atol=1e-5) == same

@@ -37,7 +37,7 @@ def int16_probe(device) -> list[ProbeResult]:
     results = []
     for dtype in (torch.int32, torch.int16):
         ids = torch.tensor(IDS, dtype=dtype, device=device)
-        _, _, bitmatrix = topk_forward(logits, len(IDS[0]), apply_softmax=False, y_indx=ids)
+        _, _, bitmatrix = topk_forward(x=logits, k=len(IDS[0]), apply_softmax=False, y_indx=ids)   # triton_kernels/topk.py:24 (triton v3.6.0)
         torch.cuda.synchronize()
         got = [[w & 0xFFFFFFFF for w in row] for row in bitmatrix.storage.data[: len(IDS)].to(torch.int64).tolist()]
         case = f"probe:topk bitmatrix from provided {str(dtype).removeprefix('torch.')} ids"
