@@ -11,6 +11,9 @@ E8M0 scales 118..122 (timing does not depend on their values). Peak memory is
 compared with the layer's weights in bf16 (``reference_peak_over_bf16_weights``).
 
     python benchmarks/bench_reference.py --device cuda --out benchmarks/results-h100.json
+
+The reference takes its fused MXFP4 GEMM on CUDA (``references.gemm_fused``); ``--variants`` also
+times other tilings of it and the dequantizing path (``dequant``) in the same run, reference only.
 """
 
 from __future__ import annotations
@@ -37,16 +40,24 @@ CONFIGS = {
 }
 
 
+_WEIGHTS: dict = {}
+
+
 def make(cfg, tokens, device, seed=0):
+    """Activations and routing for ``tokens``; the layer's weights are drawn once per config."""
     h, i, e, k = CONFIGS[cfg]
-    g = torch.Generator().manual_seed(seed)
+    if (cfg, device) not in _WEIGHTS:
+        _WEIGHTS.clear()
+        g = torch.Generator().manual_seed(seed)
+        w1 = torch.randint(0, 256, (e, 2 * i, h // 2), dtype=torch.uint8, generator=g)
+        s1 = torch.randint(118, 123, (e, 2 * i, h // 32), dtype=torch.uint8, generator=g)
+        w2 = torch.randint(0, 256, (e, h, i // 2), dtype=torch.uint8, generator=g)
+        s2 = torch.randint(118, 123, (e, h, i // 32), dtype=torch.uint8, generator=g)
+        _WEIGHTS[(cfg, device)] = [t.to(device) for t in (w1, s1, w2, s2)]
+    g = torch.Generator().manual_seed(seed + tokens)
     x = torch.randn(tokens, h, generator=g).to(torch.bfloat16)
     w, ids = softmax_topk(torch.randn(tokens, e, generator=g), k)
-    w1 = torch.randint(0, 256, (e, 2 * i, h // 2), dtype=torch.uint8, generator=g)
-    s1 = torch.randint(118, 123, (e, 2 * i, h // 32), dtype=torch.uint8, generator=g)
-    w2 = torch.randint(0, 256, (e, h, i // 2), dtype=torch.uint8, generator=g)
-    s2 = torch.randint(118, 123, (e, h, i // 32), dtype=torch.uint8, generator=g)
-    return [t.to(device) for t in (x, ids, w, w1, s1, w2, s2)]
+    return [t.to(device) for t in (x, ids, w)] + _WEIGHTS[(cfg, device)]
 
 
 def sync(device):
@@ -95,6 +106,30 @@ def bf16_grouped(x, ids, w, w1b, w2b):
     return out
 
 
+VARIANTS = {
+    # name: (MoEConfig overrides, gemm_fused.Tile fields)
+    "packed": ({}, {}),
+    "packed-join": ({}, {"split": False}),
+    "packed-bk64": ({}, {"bk": 64}),
+    "packed-bn64": ({}, {"bn": 64}),
+    "packed-s4": ({}, {"stages": 4}),
+    "dequant": ({"packed_mxfp4": False}, {}),
+}
+
+
+def run_variant(name, fn, dev, reps):
+    """Time ``fn`` under the variant ``name`` (the tile restored afterwards)."""
+    from dataclasses import replace
+    from references import gemm_fused
+    cfg_kw, tile_kw = VARIANTS[name]
+    saved = gemm_fused.TILE
+    gemm_fused.TILE = replace(saved, **tile_kw)
+    try:
+        return timed(lambda: fn(**cfg_kw), dev, reps)
+    finally:
+        gemm_fused.TILE = saved
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -102,6 +137,7 @@ def main():
     ap.add_argument("--tokens", default="1,128,4096")
     ap.add_argument("--naive-max-gib", type=float, default=None, help="skip the naive loop above this much weight memory")
     ap.add_argument("--reference-only", action="store_true", help="measure only the reference (memory checks)")
+    ap.add_argument("--variants", default="", help=f"also time these reference variants: {','.join(VARIANTS)}")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     dev = a.device
@@ -115,11 +151,19 @@ def main():
             ex = Experts(WEIGHT_FORMATS["mxfp4"], QTensor(w1, s1), QTensor(w2, s2))
             moe_cfg = MoEConfig(activation=GPT_OSS)
             t_ref, m_ref, ref = timed(lambda: moe_forward(x, ids, w, ex, moe_cfg), dev, reps)
+            variants = {}
+            for name in filter(None, a.variants.split(",")):
+                ref_v = lambda **kw: moe_forward(x, ids, w, ex, MoEConfig(activation=GPT_OSS, **kw))  # noqa: E731
+                t_v, m_v, out_v = run_variant(name, ref_v, dev, reps)
+                variants[name] = {"s": round(t_v, 5), "peak_gib": m_v and round(m_v, 2), "equal_to_reference": bool(torch.equal(out_v, ref)),
+                                  "max_rel_diff": float(((out_v - ref).norm() / ref.norm().clamp(min=1e-30)).item())}
             bf16_gib = e * 3 * h * i * 2 / 2**30
             row = {"config": cfg, "tokens": tokens, "hidden": h, "intermediate": i, "experts": e, "topk": k,
                    "reference_s": round(t_ref, 5), "reference_peak_gib": m_ref and round(m_ref, 2),
                    "bf16_weights_gib": round(bf16_gib, 2),
                    "reference_peak_over_bf16_weights": m_ref and round(m_ref / bf16_gib, 2)}
+            if variants:
+                row["variants"] = variants
             need = e * 3 * h * i * 4 / 2**30
             if a.reference_only:
                 rows.append(row)
@@ -145,11 +189,13 @@ def main():
             print(json.dumps(row), flush=True)
             if dev.startswith("cuda"):
                 torch.cuda.empty_cache()
+    from references import gemm_fused
     from references.formats import mx_fused
-    from references.formats.mx import mxfp4_bf16_eager
+    from references.formats.mx import mx_dequantize, mxfp4_bf16_eager
     info = {"device": torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "fused_mxfp4_decode": mx_fused.status(dev, mxfp4_bf16_eager) or "used" if dev.startswith("cuda") else "not used (CPU)",
+            "fused_mxfp4_gemm": (gemm_fused.status(dev, mx_dequantize) or f"used ({gemm_fused.TILE})") if dev.startswith("cuda") else "not used (CPU)",
             "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "rows": rows}
     if a.out:
         with open(a.out, "w") as f:

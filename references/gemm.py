@@ -1,9 +1,11 @@
 """How the reference MoE multiplies: fp32 GEMMs, or, on CUDA where it is exact, bf16 operands with
-fp32 accumulation and fp32 output.
+fp32 accumulation and fp32 output; MXFP4 experts on CUDA straight from their codes.
 
 bf16 x bf16 products are exact in fp32, and MXFP4 / MXFP8 values (codes times a power of two) are
 exact in bf16, so with bf16 activations the bf16 GEMM computes the same products as the fp32 GEMM
-(only the summation order of a different GEMM kernel differs). The CPU always takes the fp32 path.
+(only the summation order of a different GEMM kernel differs). MXFP4 weights whose scales the
+fused kernel takes stay packed (:class:`PackedMx`) and ``references.gemm_fused`` multiplies them
+(the same products again). The CPU always takes the fp32 path.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from references.formats.registry import ActQuant, WeightFormat
+from references import gemm_fused
+from references.formats.mx import mx_dequantize
+from references.formats.registry import ActQuant, QTensor, WeightFormat
 
 _MM_OUT_FP32: dict = {}
 
@@ -31,23 +35,51 @@ def mm_out_fp32_available(device) -> bool:
 
 
 @dataclass(frozen=True)
+class PackedMx:
+    """The MXFP4 experts ``ids`` of ``q`` (codes ``[E, N, K/2]``, E8M0 scales ``[E, N, K/32]``), not dequantized."""
+
+    q: QTensor
+    ids: torch.Tensor
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        return mx_dequantize(self.q.data.index_select(0, self.ids), self.q.scale.index_select(0, self.ids), dtype=dtype)
+
+
+@dataclass(frozen=True)
 class GemmPlan:
     exact_bf16: bool = False
+    packed_mxfp4: bool = False   # MXFP4 experts stay packed and go to the fused GEMM
 
     @property
     def weight_dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.exact_bf16 else torch.float32
 
-    def mm(self, a: torch.Tensor, w: torch.Tensor, bf16_operands: bool = True) -> torch.Tensor:
+    def mm(self, a: torch.Tensor, w: torch.Tensor | PackedMx, bf16_operands: bool = True) -> torch.Tensor:
         """``a @ w.T`` in fp32 (bf16 operands with fp32 output where the plan and caller allow);
-        ``a [B, P, K]`` with ``w [B, N, K]`` is one batched GEMM."""
+        ``a [B, P, K]`` with ``w [B, N, K]`` (or packed experts) is one batched GEMM."""
+        bf16 = self.exact_bf16 and bf16_operands
+        if isinstance(w, PackedMx):
+            if bf16 and a.dim() == 3:
+                return gemm_fused.mxfp4_bmm(a, w.q.data, w.q.scale, w.ids)
+            w = w.dequantize(self.weight_dtype if bf16 else torch.float32)
         wt = w.transpose(-2, -1)
-        if self.exact_bf16 and bf16_operands:
+        if bf16:
             return (torch.bmm if a.dim() == 3 else torch.mm)(a, wt, out_dtype=torch.float32)
         return torch.matmul(a.to(torch.float32), wt.to(torch.float32))
 
 
-def plan_for(x: torch.Tensor, fmt: WeightFormat, act_quant: ActQuant | None, allow_bf16: bool = True) -> GemmPlan:
+def plan_for(x: torch.Tensor, fmt: WeightFormat, act_quant: ActQuant | None, allow_bf16: bool = True,
+             weights: tuple[QTensor, ...] = ()) -> GemmPlan:
+    """The GEMMs for this input: bf16 where exact; MXFP4 ``weights`` kept packed where the fused
+    GEMM passed its check on this device and takes every scale (one host sync)."""
     exact = (allow_bf16 and x.is_cuda and x.dtype == torch.bfloat16 and act_quant is None and fmt.bf16_exact
              and mm_out_fp32_available(x.device))
-    return GemmPlan(exact)
+    packed = (exact and fmt.name == "mxfp4" and bool(weights) and all(_packable(q) for q in weights)
+              and gemm_fused.status(x.device, mx_dequantize) is None and gemm_fused.scales_usable(*(q.scale for q in weights)))
+    return GemmPlan(exact, packed)
+
+
+def _packable(q: QTensor) -> bool:
+    d, s = q.data, q.scale
+    return (s is not None and d.dim() == 3 and d.element_size() == 1 and s.element_size() == 1
+            and s.shape[:-1] == d.shape[:-1] and s.shape[-1] * 16 == d.shape[-1])

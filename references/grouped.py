@@ -4,7 +4,10 @@ a dozen small kernels) per expert.
 
 Padding wastes at most 1/8 of a batch's rows (counts round up to a step of an eighth of their
 power of two), an expert with more than ``max_rows`` rows is split into slices, and a batch holds
-at most ``max_experts`` experts (the dequantization budget). Pure index arithmetic: no numerics.
+at most ``max_experts`` experts (the dequantization budget) and, if given, ``max_batch_rows`` padded
+rows. Pure index arithmetic: no numerics. The plan is made on the host from the per-expert counts
+(one device-to-host copy) and sent to the device in one copy, so the batches are enqueued without
+waiting on the device.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ def padded_count(n: int) -> int:
     return -(-n // step) * step
 
 
-def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts: int):
+def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts: int,
+            max_batch_rows: int | None = None):
     """Yield :class:`Batch` es covering every (token, slot) row exactly once."""
     flat = topk_ids.reshape(-1).to(torch.int64)
     order = torch.argsort(flat, stable=True)
@@ -39,16 +43,25 @@ def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts
     by_size: dict[int, list] = {}
     for sl in slices:
         by_size.setdefault(padded_count(sl[2]), []).append(sl)
+    plan = []                                # (padded rows, slices) per batch
     for p, group in sorted(by_size.items()):
-        for g0 in range(0, len(group), max_experts):
-            yield _batch(group[g0:g0 + max_experts], p, order)
+        step = max(1, min(max_experts, (max_batch_rows or p * max_experts) // p))
+        plan += [(p, group[g0:g0 + step]) for g0 in range(0, len(group), step)]
+    yield from _batches(plan, order)
 
 
-def _batch(group, p: int, order: torch.Tensor) -> Batch:
-    dev = order.device
-    idx = torch.full((len(group), p), -1, dtype=torch.int64)
-    for i, (_, first, n) in enumerate(group):
-        idx[i, :n] = torch.arange(first, first + n)
-    idx = idx.to(dev)
-    rows = torch.where(idx >= 0, order[idx.clamp(min=0)], idx)
-    return Batch(torch.tensor([e for e, _, _ in group], dtype=torch.int64, device=dev), rows)
+def _batches(plan, order: torch.Tensor):
+    """The batches' expert ids and row indices, built on the host and moved in one copy."""
+    if not plan:
+        return
+    host = [], []
+    for p, group in plan:
+        e, first, n = (torch.tensor(c, dtype=torch.int64) for c in zip(*group))
+        col = torch.arange(p)
+        host[0].append(e)
+        host[1].append(torch.where(col < n[:, None], first[:, None] + col, -1).reshape(-1))
+    sizes = [(len(g), p) for p, g in plan]
+    dev = torch.cat(host[0] + host[1]).to(order.device).split([b for b, _ in sizes] + [b * p for b, p in sizes])
+    for e, i, (b, p) in zip(dev[:len(plan)], dev[len(plan):], sizes):
+        i = i.view(b, p)
+        yield Batch(e, torch.where(i >= 0, order[i.clamp(min=0)], i))

@@ -1,9 +1,9 @@
 """A full MoE forward: routed experts (quantized weights), activation, combine, shared expert.
 
 Tokens are grouped by expert (one sort); only routed experts are dequantized, a batch of experts at
-a time, so the extra memory stays bounded at model sizes; each batch is one batched GEMM per layer
-(no Python loop over tokens or over experts inside a batch). ``references.gold`` is the slow fp64
-path that checks this one.
+a time, so the extra memory stays bounded at model sizes (MXFP4 on CUDA is not dequantized at all);
+each batch is one batched GEMM per layer (no Python loop over tokens or over experts inside a
+batch). ``references.gold`` is the slow fp64 path that checks this one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from references.activations import Precision, SwigluParams, swiglu
 from references.formats.fp8 import DEEPGEMM_TEST, Fp8Rule
 from references.formats.registry import ActQuant, QTensor, WeightFormat, fake_quant_activation
-from references.gemm import GemmPlan, plan_for
+from references.gemm import GemmPlan, PackedMx, plan_for
 from references.grouped import batches
 from references.layouts import GateUpOrder, split_gate_up
 
@@ -50,6 +50,7 @@ class MoEConfig:
     chunk_rows: int = 8192
     dequant_budget: int = 2 << 30                            # bytes of dequantized experts at a time
     exact_bf16: bool = True                                  # allow the exact bf16 GEMM on CUDA
+    packed_mxfp4: bool = True                                # allow the fused MXFP4 GEMM on CUDA (gemm_fused)
 
 
 def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: Experts,
@@ -63,20 +64,24 @@ def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
 
     How: the (token, slot) rows are sorted by expert; experts with similar row counts form a batch
     (rows zero-padded to a common count, see :func:`references.grouped.batches`), and each batch is
-    one batched GEMM per layer. Every output row depends only on its own input row and expert, so
-    batching changes the GEMM kernel, not the math (the fp64 gold path checks it).
+    one batched GEMM per layer (on CUDA, MXFP4 experts are multiplied from their codes by
+    ``references.gemm_fused``; elsewhere dequantized a budget at a time). Every output row depends
+    only on its own input row and expert, so batching changes the GEMM kernel, not the math (the
+    fp64 gold path checks it).
     """
     _check_routing(x, topk_ids, topk_weights, experts.num_experts)
     t, k = topk_ids.shape
     slots = torch.zeros(t * k + 1, x.shape[1], dtype=torch.float32, device=x.device)  # one row per (token, slot)
     if t == 0:
         return slots[:0]
-    plan = plan_for(x, experts.fmt, cfg.act_quant, cfg.exact_bf16)
+    plan = plan_for(x, experts.fmt, cfg.act_quant, cfg.exact_bf16, (experts.w1, experts.w2) if cfg.packed_mxfp4 else ())
     xq = x if plan.exact_bf16 else fake_quant_activation(x, cfg.act_quant, cfg.act_rule)
     xq = torch.cat([xq, xq.new_zeros(1, x.shape[1])])                  # row t: the zeros padding rows read
-    per_expert = _dequant_bytes(experts, plan)
-    for b in batches(topk_ids, experts.num_experts, cfg.chunk_rows, max(1, cfg.dequant_budget // per_expert)):
-        w1g, w2g = _dequant(experts, b.experts, plan.weight_dtype)
+    for b in batches(topk_ids, experts.num_experts, cfg.chunk_rows, *_batch_bounds(experts, cfg, plan)):
+        if plan.packed_mxfp4:   # multiplied from their codes (references.gemm_fused)
+            w1g, w2g = PackedMx(experts.w1, b.experts), PackedMx(experts.w2, b.experts)
+        else:
+            w1g, w2g = _dequant(experts, b.experts, plan.weight_dtype)
         pad = b.rows < 0
         y = _expert_ffn(xq[torch.where(pad, t, b.rows // k)], w1g, w2g, experts, b.experts, cfg, plan)  # [B, P, H]
         slots[torch.where(pad, t * k, b.rows).reshape(-1)] = y.reshape(-1, y.shape[-1])  # padding: the last row
@@ -118,14 +123,20 @@ def _check_routing(x, topk_ids, topk_weights, num_experts: int) -> None:
         raise ValueError(f"moe_forward: topk_ids {tuple(topk_ids.shape)} / topk_weights "
                          f"{tuple(topk_weights.shape)} do not match x {tuple(x.shape)}")
     flat = topk_ids.reshape(-1)
-    if flat.numel() and (bool((flat < 0).any()) or bool((flat >= num_experts).any())):
+    if flat.numel() and bool(((flat < 0) | (flat >= num_experts)).any()):
         raise ValueError(f"moe_forward: topk_ids outside [0, {num_experts})")
 
 
-def _dequant_bytes(experts: Experts, plan: GemmPlan) -> int:
-    """Bytes of one expert's fc1 + fc2 once dequantized."""
+def _batch_bounds(experts: Experts, cfg: MoEConfig, plan: GemmPlan) -> tuple[int, int | None]:
+    """(experts, padded rows) a batch may hold within ``cfg.dequant_budget``: dequantized fc1 + fc2
+    per expert, or, with packed weights, the fp32 activations per row (fc1 out, activation, fc2 out)."""
+    w1, w2 = experts.w1.data, experts.w2.data
+    if plan.packed_mxfp4:
+        per_row = 4 * (w1.shape[1] * 2 + w2.shape[1] * 2)
+        return experts.num_experts, max(1, cfg.dequant_budget // per_row)
     per_byte = 2 if experts.fmt.element == "e2m1" else 1
-    return max(1, (experts.w1.data[0].numel() + experts.w2.data[0].numel()) * per_byte * plan.weight_dtype.itemsize)
+    per_expert = max(1, (w1[0].numel() + w2[0].numel()) * per_byte * plan.weight_dtype.itemsize)
+    return max(1, cfg.dequant_budget // per_expert), None
 
 
 def _dequant(experts: Experts, ids: torch.Tensor, dtype: torch.dtype):

@@ -51,3 +51,35 @@ def test_fast_reference_within_the_bound_of_gold(skew):
     rel = float((fast - gold).norm() / gold.norm())
     assert rel <= FAST_PATH_REL_L2, rel
     assert torch.equal(fast, moe_forward(x, ids, w, _cuda(ex), cfg))  # the reference is deterministic
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_fused_mxfp4_gemm_passes_its_check_on_cuda(split, monkeypatch):
+    from dataclasses import replace
+    from references import gemm_fused
+    from references.formats.mx import mx_dequantize
+    monkeypatch.setattr(gemm_fused, "TILE", replace(gemm_fused.TILE, split=split))
+    monkeypatch.setattr(gemm_fused, "_STATE", {})
+    assert gemm_fused.status(torch.device("cuda"), mx_dequantize) is None
+
+
+@pytest.mark.parametrize("t,h,i,e,k", [(512, 2880, 2880, 8, 4), (7, 4096, 2048, 16, 6), (1, 1472, 3072, 3, 1)])
+def test_fused_mxfp4_gemm_against_the_dequantizing_path(t, h, i, e, k):
+    """Model-sized K with tails (2880 % 128 = 64): the packed path within the fp32 accumulation bound of
+    cuBLAS on the dequantized weights, and the plan really is packed."""
+    from references.gemm import plan_for
+    g = torch.Generator().manual_seed(t + h)
+    f = WEIGHT_FORMATS["mxfp4"]
+    ex = _cuda(Experts(f, f.quantize(torch.randn(e, 2 * i, h, generator=g) / h ** 0.5, QuantRecipe()),
+                       f.quantize(torch.randn(e, h, i, generator=g) / i ** 0.5, QuantRecipe()),
+                       torch.randn(e, 2 * i, generator=g), None))
+    ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(t)]).cuda()
+    w = torch.softmax(torch.randn(t, k, generator=g), -1).cuda()
+    x = torch.randn(t, h, generator=g).to(torch.bfloat16).cuda()
+    assert plan_for(x, f, None, True, (ex.w1, ex.w2)).packed_mxfp4
+    cfg = MoEConfig(activation=GPT_OSS, intermediate_dtype=None)
+    packed = moe_forward(x, ids, w, ex, cfg)
+    dequant = moe_forward(x, ids, w, ex, MoEConfig(activation=GPT_OSS, intermediate_dtype=None, packed_mxfp4=False))
+    rel = float((packed - dequant).norm() / dequant.norm())
+    assert rel <= FAST_PATH_REL_L2, rel
+    assert torch.equal(packed, moe_forward(x, ids, w, ex, cfg))
