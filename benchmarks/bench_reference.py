@@ -109,7 +109,9 @@ def bf16_grouped(x, ids, w, w1b, w2b):
 VARIANTS = {
     # name: (MoEConfig overrides, gemm_fused.Tile fields)
     "packed": ({}, {}),
-    "packed-join": ({}, {"split": False}),
+    "packed-join": ({}, {"mode": 1}),
+    "packed-index": ({}, {"mode": 2}),
+    "packed-swap": ({}, {"swap": True}),
     "packed-bk64": ({}, {"bk": 64}),
     "packed-bn64": ({}, {"bn": 64}),
     "packed-s4": ({}, {"stages": 4}),

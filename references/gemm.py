@@ -48,7 +48,13 @@ class PackedMx:
 @dataclass(frozen=True)
 class GemmPlan:
     exact_bf16: bool = False
-    packed_mxfp4: bool = False   # MXFP4 experts stay packed and go to the fused GEMM
+    packed_mxfp4: bool = False   # MXFP4 experts may stay packed and go to the fused GEMM (see packs)
+    scales_checked: bool = False  # MXFP4 scales hold no NaN and no subnormal-making code (checked once)
+
+    def packs(self, rows: int) -> bool:
+        """Does a batch of ``rows`` rows per expert go to the fused GEMM? Up to
+        ``gemm_fused.PACKED_MAX_ROWS``, where it beats decoding then multiplying (benchmarks/)."""
+        return self.packed_mxfp4 and rows <= gemm_fused.PACKED_MAX_ROWS
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -69,14 +75,16 @@ class GemmPlan:
 
 
 def plan_for(x: torch.Tensor, fmt: WeightFormat, act_quant: ActQuant | None, allow_bf16: bool = True,
-             weights: tuple[QTensor, ...] = ()) -> GemmPlan:
-    """The GEMMs for this input: bf16 where exact; MXFP4 ``weights`` kept packed where the fused
-    GEMM passed its check on this device and takes every scale (one host sync)."""
+             weights: tuple[QTensor, ...] = (), allow_packed: bool = True) -> GemmPlan:
+    """The GEMMs for this input: bf16 where exact; for MXFP4 ``weights``, one check of their scales
+    (one host sync) and, where that passes and the fused GEMM passed its check on this device,
+    packed experts for the fused GEMM."""
     exact = (allow_bf16 and x.is_cuda and x.dtype == torch.bfloat16 and act_quant is None and fmt.bf16_exact
              and mm_out_fp32_available(x.device))
-    packed = (exact and fmt.name == "mxfp4" and bool(weights) and all(_packable(q) for q in weights)
-              and gemm_fused.status(x.device, mx_dequantize) is None and gemm_fused.scales_usable(*(q.scale for q in weights)))
-    return GemmPlan(exact, packed)
+    mx4 = exact and fmt.name == "mxfp4" and bool(weights) and all(_packable(q) for q in weights)
+    checked = mx4 and gemm_fused.scales_usable(*(q.scale for q in weights))
+    packed = checked and allow_packed and gemm_fused.status(x.device, mx_dequantize) is None
+    return GemmPlan(exact, packed, checked)
 
 
 def _packable(q: QTensor) -> bool:

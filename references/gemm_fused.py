@@ -25,16 +25,21 @@ NAN_SCALE = 0xFF
 
 @dataclass
 class Tile:
-    """The kernel's tile: ``bn`` output columns, ``bk`` K elements per step, ``split`` (two dots on
-    the even / odd K columns), ``stages`` of software pipelining. Rows per tile follow the batch."""
+    """The kernel's tile: ``bn`` weight rows (output columns) and ``bk`` K elements per step,
+    ``mode`` (how a tile is decoded, ``gemm_triton._weights``), ``swap`` (weights as the dot's left
+    operand), ``warps`` (None: 8 for 128-row tiles, else 4) and ``stages`` of software pipelining.
+    Rows per tile follow the batch (:func:`row_tile`)."""
 
     bn: int = 128
     bk: int = 128
-    split: bool = True
+    mode: int = 0
+    swap: bool = False
+    warps: int | None = None
     stages: int = 3
 
 
 TILE = Tile()
+PACKED_MAX_ROWS = 1 << 30   # batches of at most this many rows per expert take the fused GEMM (GemmPlan.packs)
 _STATE: dict = {}
 
 
@@ -55,9 +60,9 @@ def _launch(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ids: to
         grid = (-(-p // bm) * -(-n // t.bn), b)
         mxfp4_bmm[grid](x.contiguous(), packed.view(torch.uint8).contiguous(), scales.view(torch.uint8).contiguous(),
                         ids.to(torch.int32).contiguous(),
-                        out, p, n, k, BM=bm, BN=t.bn, BK=t.bk, SPLIT=t.split,
+                        out, p, n, k, BM=bm, BN=t.bn, BK=t.bk, MODE=t.mode, SWAP=t.swap,
                         OPERAND=tl.float32 if interp else tl.bfloat16, PRECISION="ieee" if interp else None,
-                        num_warps=8 if bm == 128 else 4, num_stages=t.stages)
+                        num_warps=t.warps or (8 if bm == 128 else 4), num_stages=t.stages)
     return out
 
 

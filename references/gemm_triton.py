@@ -15,22 +15,46 @@ from references.formats.mx_triton import _e2m1
 
 
 @triton.jit
-def _decode(p, s):
-    """``[BN, BK/2]`` packed bytes and their ``[BN, BK/2]`` E8M0 codes -> the even and odd elements (fp32)."""
-    scale = (s << 23).to(tl.float32, bitcast=True)   # 2^(s-127), exact for the codes 4..254 used here
+def _pairs(p_rows, s_rows, rn, k0, N, K, BN: tl.constexpr, BK: tl.constexpr):
+    """The even and odd K columns of the decoded weight tile at ``k0``: two ``[BN, BK/2]`` fp32 tiles
+    (zeros past N and K), each packed byte loaded once and both its nibbles decoded."""
+    jk = k0 // 2 + tl.arange(0, BK // 2)                      # packed byte columns of this step
+    m = (rn[:, None] < N) & (jk[None, :] < K // 2)
+    p = tl.load(p_rows + jk[None, :], mask=m, other=0).to(tl.int32)
+    s = tl.load(s_rows + jk[None, :] // 16, mask=m, other=127).to(tl.int32)   # 16 bytes per scale
+    scale = (s << 23).to(tl.float32, bitcast=True)           # 2^(s-127), exact for the codes 4..254 used here
     return _e2m1(p & 15) * scale, _e2m1(p >> 4) * scale
 
 
 @triton.jit
+def _tile(p_rows, s_rows, rn, k0, N, K, BN: tl.constexpr, BK: tl.constexpr, MODE: tl.constexpr):
+    """The decoded ``[BN, BK]`` weight tile at ``k0`` in K order (fp32). MODE 1: ``_pairs``
+    interleaved back with ``join``; MODE 2: the byte of every element loaded (``k // 2``, each twice
+    from cache) and its own nibble shifted out, so no interleave is needed."""
+    if MODE == 1:
+        lo, hi = _pairs(p_rows, s_rows, rn, k0, N, K, BN, BK)
+        w = tl.reshape(tl.join(lo, hi), [BN, BK])
+    else:
+        kk = k0 + tl.arange(0, BK)
+        m = (rn[:, None] < N) & (kk[None, :] < K)
+        p = tl.load(p_rows + kk[None, :] // 2, mask=m, other=0).to(tl.int32)
+        s = tl.load(s_rows + kk[None, :] // 32, mask=m, other=127).to(tl.int32)
+        w = _e2m1((p >> ((kk[None, :] % 2) * 4)) & 15) * (s << 23).to(tl.float32, bitcast=True)
+    return w
+
+
+@triton.jit
 def mxfp4_bmm(x_ptr, p_ptr, s_ptr, ids_ptr, out_ptr, P, N, K,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, MODE: tl.constexpr, SWAP: tl.constexpr,
               OPERAND: tl.constexpr, PRECISION: tl.constexpr):
     """``x [B, P, K]`` bf16, ``p [E, N, K/2]`` uint8, ``s [E, N, K/32]`` uint8, ``ids [B]`` -> ``out [B, P, N]`` fp32.
 
-    ``SPLIT``: multiply the even and odd K columns as two dots (x split in registers) instead of
-    interleaving the decoded weights back into one ``[BN, BK]`` tile (the same products either way).
-    ``OPERAND``: the dot's operand type, bf16; fp32 (IEEE) only under triton's CPU interpreter,
-    which multiplies the bit patterns of bf16 operands (the products are exact in both), with
+    ``MODE`` (``_pairs``, ``_tile``): 0 multiplies the even and odd K columns as two dots (x split in
+    registers), 1 and 2 one dot on the ``[BN, BK]`` tile; the same products in every mode.
+    ``SWAP``: compute ``W x^T`` (weights the dot's left operand, rows of x its columns), the
+    orientation that keeps a decoded operand in registers for Hopper's wgmma and suits few rows.
+    ``OPERAND``: the dot's operand type, bf16; fp32 only under triton's CPU interpreter, which
+    multiplies the bit patterns of bf16 operands (the products are exact in both), with
     ``PRECISION='ieee'`` there (no tf32).
     """
     b = tl.program_id(1).to(tl.int64)
@@ -39,26 +63,30 @@ def mxfp4_bmm(x_ptr, p_ptr, s_ptr, ids_ptr, out_ptr, P, N, K,
     e = tl.load(ids_ptr + b).to(tl.int64)
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
-    half = tl.arange(0, BK // 2)
-    kb = K // 2
     x_rows = x_ptr + b * P * K + rm.to(tl.int64)[:, None] * K
-    p_rows = p_ptr + e * N * kb + rn.to(tl.int64)[:, None] * kb
+    p_rows = p_ptr + e * N * (K // 2) + rn.to(tl.int64)[:, None] * (K // 2)
     s_rows = s_ptr + e * N * (K // 32) + rn.to(tl.int64)[:, None] * (K // 32)
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    acc = tl.zeros([BN, BM] if SWAP else [BM, BN], dtype=tl.float32)
     for k0 in range(0, K, BK):
-        jk = k0 // 2 + half                                   # packed byte columns of this step
-        wmask = (rn[:, None] < N) & (jk[None, :] < kb)
-        p = tl.load(p_rows + jk[None, :], mask=wmask, other=0).to(tl.int32)
-        s = tl.load(s_rows + jk[None, :] // 16, mask=wmask, other=127).to(tl.int32)   # 16 bytes per scale
-        lo, hi = _decode(p, s)
         kk = k0 + tl.arange(0, BK)
         x = tl.load(x_rows + kk[None, :], mask=(rm[:, None] < P) & (kk[None, :] < K), other=0.0).to(OPERAND)
-        if SPLIT:
+        if MODE == 0:
+            lo, hi = _pairs(p_rows, s_rows, rn, k0, N, K, BN, BK)
             x_lo, x_hi = tl.split(tl.reshape(x, [BM, BK // 2, 2]))
-            acc = tl.dot(x_lo, tl.trans(lo.to(OPERAND)), acc, input_precision=PRECISION)
-            acc = tl.dot(x_hi, tl.trans(hi.to(OPERAND)), acc, input_precision=PRECISION)
+            if SWAP:
+                acc = tl.dot(lo.to(OPERAND), tl.trans(x_lo), acc, input_precision=PRECISION)
+                acc = tl.dot(hi.to(OPERAND), tl.trans(x_hi), acc, input_precision=PRECISION)
+            else:
+                acc = tl.dot(x_lo, tl.trans(lo.to(OPERAND)), acc, input_precision=PRECISION)
+                acc = tl.dot(x_hi, tl.trans(hi.to(OPERAND)), acc, input_precision=PRECISION)
+        elif SWAP:
+            acc = tl.dot(_tile(p_rows, s_rows, rn, k0, N, K, BN, BK, MODE).to(OPERAND), tl.trans(x), acc,
+                         input_precision=PRECISION)
         else:
-            w = tl.reshape(tl.join(lo, hi), [BN, BK]).to(OPERAND)
-            acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
-    o = out_ptr + b * P * N + rm.to(tl.int64)[:, None] * N + rn[None, :]
-    tl.store(o, acc, mask=(rm[:, None] < P) & (rn[None, :] < N))
+            acc = tl.dot(x, tl.trans(_tile(p_rows, s_rows, rn, k0, N, K, BN, BK, MODE).to(OPERAND)), acc,
+                         input_precision=PRECISION)
+    o = out_ptr + b * P * N
+    if SWAP:
+        tl.store(o + rm.to(tl.int64)[None, :] * N + rn[:, None], acc, mask=(rn[:, None] < N) & (rm[None, :] < P))
+    else:
+        tl.store(o + rm.to(tl.int64)[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < P) & (rn[None, :] < N))

@@ -4,15 +4,16 @@ a dozen small kernels) per expert.
 
 Padding wastes at most 1/8 of a batch's rows (counts round up to a step of an eighth of their
 power of two), an expert with more than ``max_rows`` rows is split into slices, and a batch holds
-at most ``max_experts`` experts (the dequantization budget) and, if given, ``max_batch_rows`` padded
-rows. Pure index arithmetic: no numerics. The plan is made on the host from the per-expert counts
-(one device-to-host copy) and sent to the device in one copy, so the batches are enqueued without
-waiting on the device.
+at most ``max_experts`` experts (the dequantization budget, or the activations' budget, a function
+of the rows per expert). Pure index arithmetic: no numerics. The plan is made on the host from the
+per-expert counts (one device-to-host copy) and sent to the device in one copy, so the batches are
+enqueued without waiting on the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -29,9 +30,9 @@ def padded_count(n: int) -> int:
     return -(-n // step) * step
 
 
-def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts: int,
-            max_batch_rows: int | None = None):
-    """Yield :class:`Batch` es covering every (token, slot) row exactly once."""
+def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts: int | Callable[[int], int]):
+    """Yield :class:`Batch` es covering every (token, slot) row exactly once; a batch of ``p`` rows
+    per expert holds at most ``max_experts`` (or ``max_experts(p)``) experts."""
     flat = topk_ids.reshape(-1).to(torch.int64)
     order = torch.argsort(flat, stable=True)
     counts = torch.bincount(flat, minlength=num_experts).tolist()
@@ -45,7 +46,7 @@ def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts
         by_size.setdefault(padded_count(sl[2]), []).append(sl)
     plan = []                                # (padded rows, slices) per batch
     for p, group in sorted(by_size.items()):
-        step = max(1, min(max_experts, (max_batch_rows or p * max_experts) // p))
+        step = max(1, max_experts(p) if callable(max_experts) else max_experts)
         plan += [(p, group[g0:g0 + step]) for g0 in range(0, len(group), step)]
     yield from _batches(plan, order)
 

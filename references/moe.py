@@ -74,14 +74,14 @@ def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
     slots = torch.zeros(t * k + 1, x.shape[1], dtype=torch.float32, device=x.device)  # one row per (token, slot)
     if t == 0:
         return slots[:0]
-    plan = plan_for(x, experts.fmt, cfg.act_quant, cfg.exact_bf16, (experts.w1, experts.w2) if cfg.packed_mxfp4 else ())
+    plan = plan_for(x, experts.fmt, cfg.act_quant, cfg.exact_bf16, (experts.w1, experts.w2), cfg.packed_mxfp4)
     xq = x if plan.exact_bf16 else fake_quant_activation(x, cfg.act_quant, cfg.act_rule)
     xq = torch.cat([xq, xq.new_zeros(1, x.shape[1])])                  # row t: the zeros padding rows read
-    for b in batches(topk_ids, experts.num_experts, cfg.chunk_rows, *_batch_bounds(experts, cfg, plan)):
-        if plan.packed_mxfp4:   # multiplied from their codes (references.gemm_fused)
+    for b in batches(topk_ids, experts.num_experts, cfg.chunk_rows, _batch_bound(experts, cfg, plan)):
+        if plan.packs(b.rows.shape[1]):   # multiplied from their codes (references.gemm_fused)
             w1g, w2g = PackedMx(experts.w1, b.experts), PackedMx(experts.w2, b.experts)
         else:
-            w1g, w2g = _dequant(experts, b.experts, plan.weight_dtype)
+            w1g, w2g = _dequant(experts, b.experts, plan)
         pad = b.rows < 0
         y = _expert_ffn(xq[torch.where(pad, t, b.rows // k)], w1g, w2g, experts, b.experts, cfg, plan)  # [B, P, H]
         slots[torch.where(pad, t * k, b.rows).reshape(-1)] = y.reshape(-1, y.shape[-1])  # padding: the last row
@@ -127,23 +127,24 @@ def _check_routing(x, topk_ids, topk_weights, num_experts: int) -> None:
         raise ValueError(f"moe_forward: topk_ids outside [0, {num_experts})")
 
 
-def _batch_bounds(experts: Experts, cfg: MoEConfig, plan: GemmPlan) -> tuple[int, int | None]:
-    """(experts, padded rows) a batch may hold within ``cfg.dequant_budget``: dequantized fc1 + fc2
-    per expert, or, with packed weights, the fp32 activations per row (fc1 out, activation, fc2 out)."""
+def _batch_bound(experts: Experts, cfg: MoEConfig, plan: GemmPlan) -> Callable[[int], int]:
+    """How many experts a batch of ``p`` rows each may hold within ``cfg.dequant_budget``: their
+    dequantized fc1 + fc2, or, with packed weights, the fp32 activations of the rows (fc1 out,
+    activation, fc2 out)."""
     w1, w2 = experts.w1.data, experts.w2.data
-    if plan.packed_mxfp4:
-        per_row = 4 * (w1.shape[1] * 2 + w2.shape[1] * 2)
-        return experts.num_experts, max(1, cfg.dequant_budget // per_row)
+    per_row = 4 * (w1.shape[1] * 2 + w2.shape[1] * 2)
     per_byte = 2 if experts.fmt.element == "e2m1" else 1
     per_expert = max(1, (w1[0].numel() + w2[0].numel()) * per_byte * plan.weight_dtype.itemsize)
-    return max(1, cfg.dequant_budget // per_expert), None
+    return lambda p: max(1, cfg.dequant_budget // (p * per_row if plan.packs(p) else per_expert))
 
 
-def _dequant(experts: Experts, ids: torch.Tensor, dtype: torch.dtype):
+def _dequant(experts: Experts, ids: torch.Tensor, plan: GemmPlan):
     """Dequantize the experts ``ids`` in one call; on a bad scale, name the exact expert."""
+    dtype = plan.weight_dtype
+
     def one(q: QTensor, name: str):
         try:
-            return experts.fmt.dequantize_experts(q, ids, name=name, dtype=dtype)
+            return experts.fmt.dequantize_experts(q, ids, name=name, dtype=dtype, scales_checked=plan.scales_checked)
         except ValueError:
             for e in ids.tolist():  # re-raise with the expert's own index
                 one_e = q.experts(torch.tensor([e], device=q.data.device))

@@ -75,7 +75,7 @@ from references.formats.mx import mx_dequantize
 from references.gold import gold_moe_forward
 import references.moe as M
 from tests.test_gold import _int_act, _integer_case
-G.TILE.split = {split}
+G.TILE.mode, G.TILE.swap = {mode}, {swap}
 assert G.status("cpu", mx_dequantize) is None, G.status("cpu", mx_dequantize)
 M.plan_for = lambda *a, **k: M.GemmPlan(True, True)      # the CUDA plan, on the CPU
 for seed, t, e, k, h, i in [(1, 40, 5, 2, 160, 96), (2, 300, 3, 3, 128, 64)]:
@@ -95,13 +95,14 @@ def _interpreter_ready():
     return None
 
 
-@pytest.mark.parametrize("split", [True, False])
-def test_kernel_under_the_interpreter_is_exact(split):
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("swap", [False, True])
+def test_kernel_under_the_interpreter_is_exact(mode, swap):
     why = _interpreter_ready()
     if why:
         pytest.skip(why)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _SCRIPT.format(split=split)], env=env, cwd=root,
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _SCRIPT.format(mode=mode, swap=swap)], env=env, cwd=root,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

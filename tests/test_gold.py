@@ -110,9 +110,10 @@ def test_batches_cover_every_row_once_with_bounded_padding(counts, max_rows, max
     assert padded <= 1.125 * ids.numel() + 1e-9
 
 
-def test_fused_mxfp4_decode_is_bit_equal_to_the_eager_one():
+@pytest.mark.parametrize("index", [False, True])
+def test_fused_mxfp4_decode_is_bit_equal_to_the_eager_one(index):
     """The one-pass Triton decode the CUDA reference uses, run by triton's interpreter on the CPU:
-    every byte at every scale it is used for, and a gather of experts."""
+    every byte at every scale it is used for, and a gather of experts (both kernel variants)."""
     import importlib.util
     import os
     import subprocess
@@ -124,6 +125,7 @@ def test_fused_mxfp4_decode_is_bit_equal_to_the_eager_one():
         "import torch\n"
         "from references.formats import mx_fused as M\n"
         "from references.formats.mx import mxfp4_bf16_eager, mx_dequantize\n"
+        f"M.DECODE.index = {index}\n"
         "assert M.status('cpu', mxfp4_bf16_eager) is None, M.status('cpu', mxfp4_bf16_eager)\n"
         "g = torch.Generator().manual_seed(0)\n"
         "p = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g)\n"

@@ -54,16 +54,18 @@ def mx_dequantize(q: torch.Tensor, scales: torch.Tensor, elem: Element | str = E
     return (vals.unflatten(-1, (-1, block)) * s.unsqueeze(-1)).flatten(-2)
 
 
-def mxfp4_experts_bf16(q: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor, *, name: str = "weight"):
+def mxfp4_experts_bf16(q: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor, *, name: str = "weight",
+                       scales_checked: bool = False):
     """Experts ``ids`` of MXFP4 ``q [E, N, K/2]`` as bf16 in one fused pass on CUDA (the same values
     as :func:`mx_dequantize`, checked bit for bit at first use); None where that is not available."""
     if not q.is_cuda or scales.shape[-1] * MX_BLOCK != 2 * q.shape[-1] or scales.shape[:-1] != q.shape[:-1]:
         return None
     if mx_fused.status(q.device, mxfp4_bf16_eager) is not None:
         return None
-    sel = scales.index_select(0, ids)
-    if bool(((sel == 0xFF) | (sel < mx_fused.MIN_SCALE)).any()):
-        return None   # the eager decode names a NaN scale; tiny scales make subnormal values
+    if not scales_checked:
+        sel = as_uint8(scales, name).index_select(0, ids)
+        if bool(((sel == 0xFF) | (sel < mx_fused.MIN_SCALE)).any()):
+            return None   # the eager decode names a NaN scale; tiny scales make subnormal values
     return mx_fused.mxfp4_to_bf16(as_uint8(q, name), as_uint8(scales, name), ids)
 
 

@@ -11,10 +11,23 @@ eager decode if one differs or the kernel cannot run (``status()``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 _STATE: dict = {}
-BLOCK = 2048       # packed bytes per program
+
+
+@dataclass
+class DecodeTile:
+    """``block`` packed bytes per program, ``index`` (each value loads its own byte; else ``join``), ``warps``."""
+
+    block: int = 2048
+    index: bool = False
+    warps: int = 4
+
+
+DECODE = DecodeTile()
 MIN_SCALE = 4      # E8M0 codes below it make subnormal products (6 * 2^(3-127) < 2^-126): eager decode there
 
 
@@ -32,8 +45,10 @@ def _run(packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch
     n = r * kb
     out = torch.empty(ids.numel(), r, 2 * kb, dtype=torch.bfloat16, device=packed.device)
     if out.numel():
-        grid = (ids.numel(), -(-n // BLOCK))
-        _kernel()[grid](packed.contiguous(), scales.contiguous(), ids.to(torch.int32).contiguous(), out, n, BLOCK=BLOCK)
+        t = DECODE
+        grid = (ids.numel(), -(-n // t.block))
+        _kernel()[grid](packed.contiguous(), scales.contiguous(), ids.to(torch.int32).contiguous(), out, n,
+                        BLOCK=t.block, INDEX=t.index, num_warps=t.warps)
     return out
 
 

@@ -64,10 +64,11 @@ class WeightFormat:
         return self.dequantize_fn(q, name, dtype)
 
     def dequantize_experts(self, q: QTensor, ids: torch.Tensor, *, name: str = "weight",
-                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The experts ``ids`` of a batched ``q``, dequantized (MXFP4 to bf16 on CUDA: one fused pass)."""
+                           dtype: torch.dtype = torch.float32, scales_checked: bool = False) -> torch.Tensor:
+        """The experts ``ids`` of a batched ``q``, dequantized (MXFP4 to bf16 on CUDA: one fused pass;
+        ``scales_checked``: the caller found no NaN or subnormal-making scale in ``q``, skip that sync)."""
         if self.name == "mxfp4" and dtype == torch.bfloat16:
-            out = mx.mxfp4_experts_bf16(q.data, q.scale, ids, name=name)
+            out = mx.mxfp4_experts_bf16(q.data, q.scale, ids, name=name, scales_checked=scales_checked)
             if out is not None:
                 return out
         return self.dequantize(q.experts(ids), name=name, dtype=dtype)

@@ -53,12 +53,13 @@ def test_fast_reference_within_the_bound_of_gold(skew):
     assert torch.equal(fast, moe_forward(x, ids, w, _cuda(ex), cfg))  # the reference is deterministic
 
 
-@pytest.mark.parametrize("split", [True, False])
-def test_fused_mxfp4_gemm_passes_its_check_on_cuda(split, monkeypatch):
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("swap", [False, True])
+def test_fused_mxfp4_gemm_passes_its_check_on_cuda(mode, swap, monkeypatch):
     from dataclasses import replace
     from references import gemm_fused
     from references.formats.mx import mx_dequantize
-    monkeypatch.setattr(gemm_fused, "TILE", replace(gemm_fused.TILE, split=split))
+    monkeypatch.setattr(gemm_fused, "TILE", replace(gemm_fused.TILE, mode=mode, swap=swap))
     monkeypatch.setattr(gemm_fused, "_STATE", {})
     assert gemm_fused.status(torch.device("cuda"), mx_dequantize) is None
 
