@@ -12,8 +12,10 @@ compared with the layer's weights in bf16 (``reference_peak_over_bf16_weights``)
 
     python benchmarks/bench_reference.py --device cuda --out benchmarks/results-h100.json
 
-The reference takes its fused MXFP4 GEMM on CUDA (``references.gemm_fused``); ``--variants`` also
-times other tilings of it and the dequantizing path (``dequant``) in the same run, reference only.
+On CUDA the reference multiplies batches of few rows per expert with its fused MXFP4 GEMM
+(``references.gemm_fused``) and decodes the rest for cuBLAS; ``--variants`` also times, in the same
+run and for the reference only, the dequantizing path alone (``dequant``), the fused GEMM for every
+batch (``packed-all*``) and other tilings of it.
 """
 
 from __future__ import annotations
@@ -107,29 +109,27 @@ def bf16_grouped(x, ids, w, w1b, w2b):
 
 
 VARIANTS = {
-    # name: (MoEConfig overrides, gemm_fused.Tile fields)
-    "packed": ({}, {}),
-    "packed-join": ({}, {"mode": 1}),
-    "packed-index": ({}, {"mode": 2}),
-    "packed-swap": ({}, {"swap": True}),
-    "packed-bk64": ({}, {"bk": 64}),
-    "packed-bn64": ({}, {"bn": 64}),
-    "packed-s4": ({}, {"stages": 4}),
-    "dequant": ({"packed_mxfp4": False}, {}),
+    # name: (MoEConfig overrides, gemm_fused.Tile fields, gemm_fused.PACKED_MAX_ROWS or None)
+    "dequant": ({"packed_mxfp4": False}, {}, None),
+    "packed-all": ({}, {}, 1 << 30),
+    "packed-all-large-tile": ({}, {"mode": 1, "bn": 64, "bk": 64}, 1 << 30),
+    "packed-join": ({}, {"mode": 1}, None),
+    "packed-index": ({}, {"mode": 2}, None),
 }
 
 
 def run_variant(name, fn, dev, reps):
-    """Time ``fn`` under the variant ``name`` (the tile restored afterwards)."""
+    """Time ``fn`` under the variant ``name`` (the module settings restored afterwards)."""
     from dataclasses import replace
     from references import gemm_fused
-    cfg_kw, tile_kw = VARIANTS[name]
-    saved = gemm_fused.TILE
-    gemm_fused.TILE = replace(saved, **tile_kw)
+    cfg_kw, tile_kw, max_rows = VARIANTS[name]
+    saved = gemm_fused.TILE, gemm_fused.PACKED_MAX_ROWS
+    gemm_fused.TILE = replace(saved[0], **tile_kw)
+    gemm_fused.PACKED_MAX_ROWS = saved[1] if max_rows is None else max_rows
     try:
         return timed(lambda: fn(**cfg_kw), dev, reps)
     finally:
-        gemm_fused.TILE = saved
+        gemm_fused.TILE, gemm_fused.PACKED_MAX_ROWS = saved
 
 
 def main():
@@ -196,8 +196,9 @@ def main():
     from references.formats.mx import mx_dequantize, mxfp4_bf16_eager
     info = {"device": torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "fused_mxfp4_decode": mx_fused.status(dev, mxfp4_bf16_eager) or "used" if dev.startswith("cuda") else "not used (CPU)",
-            "fused_mxfp4_gemm": (gemm_fused.status(dev, mx_dequantize) or f"used ({gemm_fused.TILE})") if dev.startswith("cuda") else "not used (CPU)",
+            "fused_mxfp4_decode": (mx_fused.status(dev, mxfp4_bf16_eager) or f"used ({mx_fused.DECODE})") if dev.startswith("cuda") else "not used (CPU)",
+            "fused_mxfp4_gemm": (gemm_fused.status(dev, mx_dequantize)
+                                 or f"used up to {gemm_fused.PACKED_MAX_ROWS} rows per expert ({gemm_fused.TILE})") if dev.startswith("cuda") else "not used (CPU)",
             "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "rows": rows}
     if a.out:
         with open(a.out, "w") as f:

@@ -26,20 +26,25 @@ NAN_SCALE = 0xFF
 @dataclass
 class Tile:
     """The kernel's tile: ``bn`` weight rows (output columns) and ``bk`` K elements per step,
+    (the default: the fastest at 4 rows per expert on the H200, benchmarks/profile-h200.json),
     ``mode`` (how a tile is decoded, ``gemm_triton._weights``), ``swap`` (weights as the dot's left
     operand), ``warps`` (None: 8 for 128-row tiles, else 4) and ``stages`` of software pipelining.
     Rows per tile follow the batch (:func:`row_tile`)."""
 
     bn: int = 128
-    bk: int = 128
+    bk: int = 64
     mode: int = 0
-    swap: bool = False
+    swap: bool = True
     warps: int | None = None
     stages: int = 3
 
 
 TILE = Tile()
-PACKED_MAX_ROWS = 1 << 30   # batches of at most this many rows per expert take the fused GEMM (GemmPlan.packs)
+# Batches of at most this many rows per expert take the fused GEMM (GemmPlan.packs); larger ones are
+# decoded and multiplied by cuBLAS. Measured on an H200 (benchmarks/profile-h200.json, GPT-OSS-120B fc1,
+# 64 or 16 experts): fused 0.80-0.82 ms vs decode + bmm 1.21-1.23 ms at 1-16 rows per expert, 0.45 vs
+# 0.33 ms at 32 and 0.41 vs 0.34 ms at 128 (the decode in registers costs more than the bf16 copy there).
+PACKED_MAX_ROWS = 16
 _STATE: dict = {}
 
 

@@ -64,11 +64,15 @@ def test_fused_mxfp4_gemm_passes_its_check_on_cuda(mode, swap, monkeypatch):
     assert gemm_fused.status(torch.device("cuda"), mx_dequantize) is None
 
 
+@pytest.mark.parametrize("max_rows", [None, 1 << 30])
 @pytest.mark.parametrize("t,h,i,e,k", [(512, 2880, 2880, 8, 4), (7, 4096, 2048, 16, 6), (1, 1472, 3072, 3, 1)])
-def test_fused_mxfp4_gemm_against_the_dequantizing_path(t, h, i, e, k):
-    """Model-sized K with tails (2880 % 128 = 64): the packed path within the fp32 accumulation bound of
-    cuBLAS on the dequantized weights, and the plan really is packed."""
+def test_fused_mxfp4_gemm_against_the_dequantizing_path(t, h, i, e, k, max_rows, monkeypatch):
+    """Model-sized K with tails (2880 % 128 = 64): the packed path (as the reference takes it, and for
+    every batch) within the fp32 accumulation bound of cuBLAS on the dequantized weights."""
+    from references import gemm_fused
     from references.gemm import plan_for
+    if max_rows:
+        monkeypatch.setattr(gemm_fused, "PACKED_MAX_ROWS", max_rows)
     g = torch.Generator().manual_seed(t + h)
     f = WEIGHT_FORMATS["mxfp4"]
     ex = _cuda(Experts(f, f.quantize(torch.randn(e, 2 * i, h, generator=g) / h ** 0.5, QuantRecipe()),
