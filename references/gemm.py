@@ -10,7 +10,7 @@ fused kernel takes stay packed (:class:`PackedMx`) and ``references.gemm_fused``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,7 +49,16 @@ class PackedMx:
 class GemmPlan:
     exact_bf16: bool = False
     packed_mxfp4: bool = False   # MXFP4 experts may stay packed and go to the fused GEMM (see packs)
-    scales_checked: bool = False  # MXFP4 scales hold no NaN and no subnormal-making code (checked once)
+    scales_checked: bool = False  # MXFP4 scales taken to hold no NaN and no subnormal-making code
+    scales_bad: torch.Tensor | None = field(default=None, compare=False)   # on the device: were they wrong?
+
+    def redo(self) -> "GemmPlan | None":
+        """None if the plan stands, else the plan to compute again with: the scale check runs on the
+        device beside the work and is read once at the end (one host sync there, where the caller
+        waits anyway), so a NaN or subnormal-making scale is redone by the eager decode, which names it."""
+        if self.scales_bad is None or not bool(self.scales_bad):
+            return None
+        return GemmPlan(self.exact_bf16)
 
     def packs(self, rows: int) -> bool:
         """Does a batch of ``rows`` rows per expert go to the fused GEMM? Up to
@@ -76,15 +85,15 @@ class GemmPlan:
 
 def plan_for(x: torch.Tensor, fmt: WeightFormat, act_quant: ActQuant | None, allow_bf16: bool = True,
              weights: tuple[QTensor, ...] = (), allow_packed: bool = True) -> GemmPlan:
-    """The GEMMs for this input: bf16 where exact; for MXFP4 ``weights``, one check of their scales
-    (one host sync) and, where that passes and the fused GEMM passed its check on this device,
-    packed experts for the fused GEMM."""
+    """The GEMMs for this input: bf16 where exact; for MXFP4 ``weights``, their scales taken as good
+    (checked on the device, see :meth:`GemmPlan.redo`) and, where the fused GEMM passed its check on
+    this device, packed experts for the fused GEMM."""
     exact = (allow_bf16 and x.is_cuda and x.dtype == torch.bfloat16 and act_quant is None and fmt.bf16_exact
              and mm_out_fp32_available(x.device))
     mx4 = exact and fmt.name == "mxfp4" and bool(weights) and all(_packable(q) for q in weights)
-    checked = mx4 and gemm_fused.scales_usable(*(q.scale for q in weights))
-    packed = checked and allow_packed and gemm_fused.status(x.device, mx_dequantize) is None
-    return GemmPlan(exact, packed, checked)
+    bad = gemm_fused.scales_flag(*(q.scale for q in weights)) if mx4 else None
+    packed = mx4 and allow_packed and gemm_fused.status(x.device, mx_dequantize) is None
+    return GemmPlan(exact, packed, mx4, bad)
 
 
 def _packable(q: QTensor) -> bool:

@@ -108,10 +108,15 @@ def status(device, eager) -> str | None:
     return _STATE[key]
 
 
+def scales_flag(*scales: torch.Tensor) -> torch.Tensor:
+    """On the device, no host sync: does any scale hold the NaN code (the eager decode names it) or a
+    code that makes subnormal weights (which the fused kernels do not decode)?"""
+    return torch.stack([((u == NAN_SCALE) | (u < MIN_SCALE)).any() for u in (s.view(torch.uint8) for s in scales)]).any()
+
+
 def scales_usable(*scales: torch.Tensor) -> bool:
-    """No NaN code (the eager decode names it) and no code that makes subnormal weights: one host sync."""
-    bad = [((u == NAN_SCALE) | (u < MIN_SCALE)).any() for u in (s.view(torch.uint8) for s in scales)]
-    return not bool(torch.stack(bad).any())
+    """No NaN code and no subnormal-making code: one host sync."""
+    return not bool(scales_flag(*scales))
 
 
 def mxfp4_bmm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

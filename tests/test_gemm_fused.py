@@ -107,3 +107,10 @@ def test_kernel_under_the_interpreter_is_exact(mode, swap):
     r = subprocess.run([sys.executable, "-W", "ignore", "-c", _SCRIPT.format(mode=mode, swap=swap)], env=env, cwd=root,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_a_plan_whose_scales_were_bad_is_redone_without_them():
+    assert GemmPlan(True, True, True, torch.tensor(False)).redo() is None
+    assert GemmPlan(True, True, True, None).redo() is None
+    again = GemmPlan(True, True, True, torch.tensor(True)).redo()
+    assert again == GemmPlan(True, False, False) and again.scales_bad is None

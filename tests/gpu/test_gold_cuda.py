@@ -88,3 +88,29 @@ def test_fused_mxfp4_gemm_against_the_dequantizing_path(t, h, i, e, k, max_rows,
     rel = float((packed - dequant).norm() / dequant.norm())
     assert rel <= FAST_PATH_REL_L2, rel
     assert torch.equal(packed, moe_forward(x, ids, w, ex, cfg))
+
+
+def _mx_case(code_at=None):
+    g = torch.Generator().manual_seed(5)
+    f = WEIGHT_FORMATS["mxfp4"]
+    w1 = f.quantize(torch.randn(4, 256, 128, generator=g) / 11, QuantRecipe())
+    w2 = f.quantize(torch.randn(4, 128, 128, generator=g) / 11, QuantRecipe())
+    if code_at is not None:
+        w1.scale[2, 7, 1] = code_at
+    ids = torch.randint(0, 4, (40, 2), generator=g)
+    ids[:, 1] = (ids[:, 0] + 1) % 4
+    x = torch.randn(40, 128, generator=g).to(torch.bfloat16)
+    return x.cuda(), ids.cuda(), torch.full((40, 2), 0.5).cuda(), _cuda(Experts(f, w1, w2))
+
+
+def test_a_nan_scale_is_named_though_checked_at_the_end():
+    x, ids, w, ex = _mx_case(0xFF)
+    with pytest.raises(ValueError, match=r"w1\[expert 2\]"):
+        moe_forward(x, ids, w, ex, MoEConfig())
+
+
+def test_a_subnormal_making_scale_is_redone_by_the_eager_decode():
+    x, ids, w, ex = _mx_case(2)
+    got = moe_forward(x, ids, w, ex, MoEConfig(intermediate_dtype=None))
+    want = gold_moe_forward(x, ids, w, ex, MoEConfig(intermediate_dtype=None))
+    assert float((got - want).norm() / want.norm()) <= FAST_PATH_REL_L2
