@@ -64,6 +64,11 @@ def h100(*runs: str) -> tuple[str, ...]:
     return tuple(f"reports/sm90-nvidia-h100-80gb-hbm3/{r}" for r in runs)
 
 
+def h200(*runs: str) -> tuple[str, ...]:
+    """Committed H200 (sm90) report folders and logs, as a Level's evidence."""
+    return tuple(f"reports/sm90-nvidia-h200/{r}" for r in runs)
+
+
 class Backend:
     """Base class. Subclasses set the class attributes and implement ``prepare`` and ``run``."""
 
