@@ -111,6 +111,7 @@ def bf16_grouped(x, ids, w, w1b, w2b):
 VARIANTS = {
     # name: (MoEConfig overrides, gemm_fused.Tile fields, gemm_fused.PACKED_MAX_ROWS or None)
     "dequant": ({"packed_mxfp4": False}, {}, None),
+    "eager-act": ({"fused_activation": False}, {}, None),
     "packed-all": ({}, {}, 1 << 30),
     "packed-all-large-tile": ({}, {"mode": 1, "bn": 64, "bk": 64}, 1 << 30),
     "packed-join": ({}, {"mode": 1}, None),

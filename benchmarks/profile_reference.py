@@ -33,8 +33,32 @@ from references.formats.mx import mx_dequantize
 from references.moe import Experts, MoEConfig, moe_forward
 
 
-def profile(x, ids, w, ex, packed: bool, top: int = 12) -> dict:
-    cfg = MoEConfig(activation=GPT_OSS, packed_mxfp4=packed)
+def _kernel_times(p) -> dict:
+    """Kernels only (no aten ops, which would count their kernels twice): how many, their summed time,
+    the union of their intervals (GPU busy) and first start to last end (GPU span): a span much
+    longer than busy time means the GPU waited for the host."""
+    from torch.autograd import DeviceType
+    ks = sorted(((e.time_range.start, e.time_range.end) for e in p.events()
+                 if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start))
+    busy, end = 0.0, None
+    for a, b in ks:
+        if end is None or a > end:
+            busy, end = busy + (b - a), b
+        elif b > end:
+            busy, end = busy + (b - end), b
+    return {"kernels": len(ks), "kernel_ms_sum": round(sum(b - a for a, b in ks) / 1e3, 3), "gpu_busy_ms": round(busy / 1e3, 3),
+            "gpu_span_ms": round((ks[-1][1] - ks[0][0]) / 1e3, 3) if ks else 0.0}
+
+
+def _safe(fn, *a) -> dict:
+    try:
+        return fn(*a)
+    except Exception as err:  # noqa: BLE001 - a profiler API change must not lose the rest of the run
+        return {"kernel_times_error": f"{type(err).__name__}: {err}"[:200]}
+
+
+def profile(x, ids, w, ex, packed: bool, top: int = 12, fused_activation: bool = True) -> dict:
+    cfg = MoEConfig(activation=GPT_OSS, packed_mxfp4=packed, fused_activation=fused_activation)
     moe_forward(x, ids, w, ex, cfg)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -49,7 +73,8 @@ def profile(x, ids, w, ex, packed: bool, top: int = 12) -> dict:
     ev.sort(key=lambda e: -e.self_device_time_total)
     rows = [{"name": e.key[:90], "calls": e.count, "cuda_ms": round(e.self_device_time_total / 1e3, 3)} for e in ev[:top]]
     total = sum(e.self_device_time_total for e in ev) / 1e3
-    return {"packed": packed, "wall_ms": round(wall * 1e3, 2), "cuda_ms_total": round(total, 2), "top": rows}
+    return {"packed": packed, "fused_activation": fused_activation, "wall_ms": round(wall * 1e3, 2),
+            "cuda_ms_total": round(total, 2), **_safe(_kernel_times, p), "top": rows}
 
 
 def _shape_case(e_total, n, k, b, p, seed=1):
@@ -141,7 +166,8 @@ def main():
     h, i, e, k = CONFIGS[a.config]
     x, ids, w, w1, s1, w2, s2 = make(a.config, a.tokens, "cuda")
     ex = Experts(WEIGHT_FORMATS["mxfp4"], QTensor(w1, s1), QTensor(w2, s2))
-    res = {"config": a.config, "tokens": a.tokens, "profiles": [profile(x, ids, w, ex, p) for p in (True, False)]}
+    res = {"config": a.config, "tokens": a.tokens, "profiles": [profile(x, ids, w, ex, p, fused_activation=f)
+                                                          for p, f in ((True, True), (False, True), (False, False))]}
     for pr in res["profiles"]:
         print(json.dumps(pr), flush=True)
     if a.sweep:

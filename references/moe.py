@@ -13,12 +13,13 @@ from typing import Callable
 
 import torch
 
+from references import act_fused
 from references.activations import Precision, SwigluParams, swiglu
 from references.formats.fp8 import DEEPGEMM_TEST, Fp8Rule
 from references.formats.registry import ActQuant, QTensor, WeightFormat, fake_quant_activation
 from references.gemm import GemmPlan, PackedMx, plan_for
 from references.grouped import batches
-from references.layouts import GateUpOrder, split_gate_up
+from references.layouts import GateUpOrder, fuse_gate_up, split_gate_up
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class MoEConfig:
     dequant_budget: int = 2 << 30                            # bytes of dequantized experts at a time
     exact_bf16: bool = True                                  # allow the exact bf16 GEMM on CUDA
     packed_mxfp4: bool = True                                # allow the fused MXFP4 GEMM on CUDA (gemm_fused)
+    fused_activation: bool = True                            # allow the one-pass SwiGLU on CUDA (act_fused)
 
 
 def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: Experts,
@@ -102,7 +104,9 @@ def _expert_ffn(xe, w1e, w2e, experts: Experts, ids: torch.Tensor, cfg: MoEConfi
     h = plan.mm(xe, w1e)
     if experts.b1 is not None:
         h = h + experts.b1.index_select(0, ids).to(torch.float32).unsqueeze(-2)
-    a = between_gemms(h, experts.order, cfg)
+    a = _fused_between(h, experts.order, cfg)
+    if a is None:
+        a = between_gemms(h, experts.order, cfg)
     bf16_in = plan.exact_bf16 and cfg.intermediate_dtype == torch.bfloat16
     y = plan.mm(a.to(torch.bfloat16) if bf16_in else a, w2e, bf16_in)
     if experts.b2 is not None:
@@ -120,6 +124,19 @@ def between_gemms(h: torch.Tensor, order: GateUpOrder, cfg: MoEConfig) -> torch.
     if cfg.intermediate_dtype is not None:
         a = a.to(cfg.intermediate_dtype)
     return fake_quant_activation(a, cfg.act_quant, cfg.act_rule)
+
+
+def _fused_between(h: torch.Tensor, order: GateUpOrder, cfg: MoEConfig) -> torch.Tensor | None:
+    """:func:`between_gemms` in one pass on CUDA (``references.act_fused``) where its first-use check found
+    the same bits as this code for these parameters; None elsewhere."""
+    if not (cfg.fused_activation and h.is_cuda and h.dtype == torch.float32 and cfg.act_fn is None
+            and cfg.act_quant is None and cfg.precision is Precision.FP32 and cfg.intermediate_dtype == torch.bfloat16):
+        return None
+    p = cfg.activation
+    eager = lambda gate, up: between_gemms(fuse_gate_up(gate, up, order, dim=-1), order, cfg)  # noqa: E731
+    if act_fused.status(h.device, order, p.alpha, p.beta, p.limit, eager) is not None:
+        return None
+    return act_fused.swiglu_to_bf16(h, order, p.alpha, p.beta, p.limit)
 
 
 def _check_routing(x, topk_ids, topk_weights, num_experts: int) -> None:

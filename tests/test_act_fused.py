@@ -1,0 +1,115 @@
+"""The one-pass SwiGLU of the CUDA reference (``references.act_fused``): its first-use check has teeth,
+and the kernel, run by triton's interpreter on the CPU, reads gate and up from the right columns in
+every order, clamps, keeps NaN, rounds to bf16 to nearest even and writes the tail of a row.
+Bit-equality with the eager code on the GPU: tests/gpu/test_gold_cuda.py."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from references import act_fused
+from references.activations import GPT_OSS, SwigluParams
+from references.layouts import GateUpOrder, fuse_gate_up, split_gate_up
+from references.moe import MoEConfig, _fused_between, between_gemms
+
+CFG = MoEConfig(activation=GPT_OSS)
+
+
+def _eager(order, cfg=CFG):
+    return lambda gate, up: between_gemms(fuse_gate_up(gate, up, order, dim=-1), order, cfg)
+
+
+def _eager_launch(cfg=CFG):
+    """A stand-in kernel that is the eager code: what a correct kernel returns."""
+    return lambda h, order, alpha, beta, limit: between_gemms(h, order, cfg).to(torch.bfloat16)
+
+
+def test_a_kernel_equal_to_the_eager_code_passes(monkeypatch):
+    monkeypatch.setattr(act_fused, "_STATE", {})
+    monkeypatch.setattr(act_fused, "_launch", _eager_launch())
+    p = GPT_OSS
+    assert act_fused.status("cpu", GateUpOrder.INTERLEAVED, p.alpha, p.beta, p.limit, _eager(GateUpOrder.INTERLEAVED),
+                            ) is None
+
+
+def test_one_bit_off_is_caught_and_named(monkeypatch):
+    def one_ulp_high(h, order, alpha, beta, limit):
+        out = between_gemms(h, order, CFG).to(torch.bfloat16)
+        bits = out.view(torch.int16).clone()
+        bits.view(-1)[12345] += 1
+        return bits.view(torch.bfloat16)
+    monkeypatch.setattr(act_fused, "_STATE", {})
+    monkeypatch.setattr(act_fused, "_launch", one_ulp_high)
+    p = GPT_OSS
+    why = act_fused.status("cpu", GateUpOrder.GATE_UP, p.alpha, p.beta, p.limit, _eager(GateUpOrder.GATE_UP))
+    assert why is not None and why.startswith("the Triton SwiGLU: 1 of ") and "gate " in why, why
+
+
+def test_a_missing_clamp_is_caught(monkeypatch):
+    """The probe holds values past the limit: a kernel that forgets swiglu_limit differs."""
+    monkeypatch.setattr(act_fused, "_STATE", {})
+    monkeypatch.setattr(act_fused, "_launch", _eager_launch(MoEConfig(activation=SwigluParams(GPT_OSS.alpha, GPT_OSS.beta))))
+    p = GPT_OSS
+    assert "differ" in (act_fused.status("cpu", GateUpOrder.GATE_UP, p.alpha, p.beta, p.limit,
+                                         _eager(GateUpOrder.GATE_UP), ) or "")
+
+
+def test_a_kernel_that_cannot_run_sends_the_reference_to_the_eager_code(monkeypatch):
+    def broken(*a):
+        raise RuntimeError("no kernel image is available\nfor execution")
+    monkeypatch.setattr(act_fused, "_STATE", {})
+    monkeypatch.setattr(act_fused, "_launch", broken)
+    why = act_fused.status("cpu", GateUpOrder.GATE_UP, 1.0, 0.0, None, _eager(GateUpOrder.GATE_UP, MoEConfig()))
+    assert why == "the Triton SwiGLU cannot run: RuntimeError: no kernel image is available for execution"
+
+
+def test_the_probe_holds_the_edges():
+    v = act_fused._probe(GPT_OSS.limit, GPT_OSS.alpha, 1 << 10)
+    assert v.isnan().any() and v.isposinf().any() and v.isneginf().any()
+    assert (v == GPT_OSS.limit).any() and (v == -GPT_OSS.limit).any() and (v > GPT_OSS.limit).any()
+    assert ((v.abs() > 0) & (v.abs() < torch.finfo(torch.float32).tiny)).any()       # subnormals
+    assert ((GPT_OSS.alpha * v).abs() > 88.8).any()                                   # exp overflows
+
+
+def test_the_cpu_reference_keeps_the_eager_code():
+    assert _fused_between(torch.randn(2, 8), GateUpOrder.GATE_UP, CFG) is None
+
+
+_SCRIPT = r"""
+import torch
+from references import act_fused as A
+from references.activations import SwigluParams
+from references.layouts import GateUpOrder, fuse_gate_up
+from references.moe import MoEConfig, between_gemms
+for order in GateUpOrder:
+    for p in [SwigluParams(1.702, 1.0, 7.0), SwigluParams()]:
+        cfg = MoEConfig(activation=p)
+        v = A._probe(p.limit, p.alpha, 1 << 14)
+        gate = torch.cat([v, v[:-v.numel() % A.COLS]]).view(-1, A.COLS)
+        up = gate.flip(0)
+        h = fuse_gate_up(gate, up, order, dim=-1)
+        got = A._launch(h, order, p.alpha, p.beta, p.limit)
+        want = between_gemms(h, order, cfg).to(torch.bfloat16)
+        assert torch.equal(got.isnan(), want.isnan()), (order, p)
+        d = (got.view(torch.int16).int() - want.view(torch.int16).int()).abs()[~want.isnan()]
+        # numpy's exp stands in for libdevice's here: at most a last-bit difference, rarely
+        assert int(d.max()) <= 1 and int((d > 0).sum()) <= want.numel() // 1000, (order, p, int(d.max()), int((d > 0).sum()))
+        for wrong in GateUpOrder:                         # the same data read in another order is far off
+            if wrong is not order:
+                bad = A._launch(h, wrong, p.alpha, p.beta, p.limit)
+                assert int((bad.view(torch.int16) != want.view(torch.int16)).sum()) > want.numel() // 4, (order, wrong)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_kernel_under_the_interpreter():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _SCRIPT], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
