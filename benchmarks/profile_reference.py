@@ -46,7 +46,14 @@ def _kernel_times(p) -> dict:
             busy, end = busy + (b - a), b
         elif b > end:
             busy, end = busy + (b - end), b
-    return {"kernels": len(ks), "kernel_ms_sum": round(sum(b - a for a, b in ks) / 1e3, 3), "gpu_busy_ms": round(busy / 1e3, 3),
+    named = sorted((e.time_range.start, e.time_range.end, e.name) for e in p.events()
+                   if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    t0 = named[0][0] if named else 0.0
+    seq, prev = [], t0
+    for a, b, n in named:   # kernel, its start and the GPU idle time before it, in us from the first
+        seq.append([n[:48], round(a - t0, 1), round(b - a, 1), round(max(0.0, a - prev), 1)])
+        prev = max(prev, b)
+    return {"sequence": seq, "kernels": len(ks), "kernel_ms_sum": round(sum(b - a for a, b in ks) / 1e3, 3), "gpu_busy_ms": round(busy / 1e3, 3),
             "gpu_span_ms": round((ks[-1][1] - ks[0][0]) / 1e3, 3) if ks else 0.0}
 
 
@@ -73,8 +80,10 @@ def profile(x, ids, w, ex, packed: bool, top: int = 12, fused_activation: bool =
     ev.sort(key=lambda e: -e.self_device_time_total)
     rows = [{"name": e.key[:90], "calls": e.count, "cuda_ms": round(e.self_device_time_total / 1e3, 3)} for e in ev[:top]]
     total = sum(e.self_device_time_total for e in ev) / 1e3
+    host = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    cpu_top = [{"name": e.key[:60], "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3)} for e in host]
     return {"packed": packed, "fused_activation": fused_activation, "wall_ms": round(wall * 1e3, 2),
-            "cuda_ms_total": round(total, 2), **_safe(_kernel_times, p), "top": rows}
+            "cuda_ms_total": round(total, 2), "top": rows, "cpu_top": cpu_top, **_safe(_kernel_times, p)}
 
 
 def _shape_case(e_total, n, k, b, p, seed=1):

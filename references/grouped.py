@@ -5,13 +5,15 @@ a dozen small kernels) per expert.
 Padding wastes at most 1/8 of a batch's rows (counts round up to a step of an eighth of their
 power of two), an expert with more than ``max_rows`` rows is split into slices, and a batch holds
 at most ``max_experts`` experts (the dequantization budget, or the activations' budget, a function
-of the rows per expert). Pure index arithmetic: no numerics. The plan is made on the host from the
-per-expert counts (one device-to-host copy) and sent to the device in one copy, so the batches are
-enqueued without waiting on the device.
+of the rows per expert). Pure index arithmetic: no numerics. The plan is made on the host from one copy
+of the expert ids (sorted there) and sent to the device in one pinned, unwaited copy with each
+row's token and slot, so the batches are enqueued without waiting on the device and without index
+kernels.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +24,8 @@ import torch
 class Batch:
     experts: torch.Tensor   # [B] expert ids (int64; an expert split into slices appears once per slice)
     rows: torch.Tensor      # [B, P] flat (token, slot) indices into topk_ids.reshape(-1); -1 = padding
+    tokens: torch.Tensor    # [B, P] the token of each row (rows // k); T (one past the last) for padding
+    slots: torch.Tensor     # [B, P] rows, with T * k (one past the last) for padding
 
 
 def padded_count(n: int) -> int:
@@ -30,11 +34,17 @@ def padded_count(n: int) -> int:
     return -(-n // step) * step
 
 
-def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts: int | Callable[[int], int]):
-    """Yield :class:`Batch` es covering every (token, slot) row exactly once; a batch of ``p`` rows
-    per expert holds at most ``max_experts`` (or ``max_experts(p)``) experts."""
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    order = torch.argsort(flat, stable=True)
+def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts: int | Callable[[int], int],
+            device: torch.device | str | None = None):
+    """Yield :class:`Batch` es covering every (token, slot) row of ``topk_ids [T, k]`` exactly once,
+    on ``device`` (default: that of ``topk_ids``); a batch of ``p`` rows per expert holds at most
+    ``max_experts`` (or ``max_experts(p)``) experts. Planned on the host: pass ``topk_ids`` already
+    there to spare a device-to-host copy."""
+    device = topk_ids.device if device is None else torch.device(device)
+    t = topk_ids.shape[0] if topk_ids.dim() else 1
+    k = max(1, math.prod(topk_ids.shape[1:]))
+    flat = topk_ids.reshape(-1).to("cpu", torch.int64)
+    order = _stable_order(flat, num_experts)
     counts = torch.bincount(flat, minlength=num_experts).tolist()
     slices, start = [], 0                    # (expert, first sorted row, rows)
     for e, n in enumerate(counts):
@@ -48,21 +58,35 @@ def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts
     for p, group in sorted(by_size.items()):
         step = max(1, max_experts(p) if callable(max_experts) else max_experts)
         plan += [(p, group[g0:g0 + step]) for g0 in range(0, len(group), step)]
-    yield from _batches(plan, order)
+    yield from _batches(plan, order, t, k, device)
 
 
-def _batches(plan, order: torch.Tensor):
-    """The batches' expert ids and row indices, built on the host and moved in one copy."""
+def _stable_order(flat: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """``torch.argsort(flat, stable=True)`` (a stable order is unique); for int16 keys numpy's stable
+    sort is a radix sort, about 12x faster on the host."""
+    if num_experts <= 1 << 15 and flat.numel():
+        import numpy as np
+        return torch.from_numpy(np.argsort(flat.numpy().astype(np.int16), kind="stable")).to(torch.int64)
+    return torch.argsort(flat, stable=True)
+
+
+def _batches(plan, order: torch.Tensor, t: int, k: int, device: torch.device):
+    """Each batch's expert ids, rows, tokens and slots, built on the host and moved in one copy."""
     if not plan:
         return
-    host = [], []
+    es, rows = [], []
     for p, group in plan:
         e, first, n = (torch.tensor(c, dtype=torch.int64) for c in zip(*group))
         col = torch.arange(p)
-        host[0].append(e)
-        host[1].append(torch.where(col < n[:, None], first[:, None] + col, -1).reshape(-1))
+        i = torch.where(col < n[:, None], first[:, None] + col, -1).reshape(-1)
+        es.append(e)
+        rows.append(torch.where(i >= 0, order[i.clamp(min=0)], i))
+    r = torch.cat(rows)
+    host = torch.cat(es + [r, torch.where(r >= 0, r // k, t), torch.where(r >= 0, r, t * k)])
+    if device.type == "cuda":
+        host = host.pin_memory()             # so the copy does not wait for the host
     sizes = [(len(g), p) for p, g in plan]
-    dev = torch.cat(host[0] + host[1]).to(order.device).split([b for b, _ in sizes] + [b * p for b, p in sizes])
-    for e, i, (b, p) in zip(dev[:len(plan)], dev[len(plan):], sizes):
-        i = i.view(b, p)
-        yield Batch(e, torch.where(i >= 0, order[i.clamp(min=0)], i))
+    dev = host.to(device, non_blocking=True).split([b for b, _ in sizes] + [b * p for b, p in sizes] * 3)
+    n = len(plan)
+    for j, (b, p) in enumerate(sizes):
+        yield Batch(dev[j], *(dev[n * (1 + m) + j].view(b, p) for m in range(3)))

@@ -19,7 +19,7 @@ from references.formats.fp8 import DEEPGEMM_TEST, Fp8Rule
 from references.formats.registry import ActQuant, QTensor, WeightFormat, fake_quant_activation
 from references.gemm import GemmPlan, PackedMx, plan_for
 from references.grouped import batches
-from references.layouts import GateUpOrder, fuse_gate_up, split_gate_up
+from references.layouts import GateUpOrder, split_gate_up
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,14 @@ def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
     only on its own input row and expert, so batching changes the GEMM kernel, not the math (the
     fp64 gold path checks it).
     """
-    _check_routing(x, topk_ids, topk_weights, experts.num_experts)
-    if topk_ids.shape[0] == 0:
+    ids = topk_ids.to("cpu")   # the forward's one wait on the device: the range check and the batch plan read it
+    _check_routing(x, ids, topk_weights, experts.num_experts)
+    if ids.shape[0] == 0:
         return torch.zeros(0, x.shape[1], dtype=torch.float32, device=x.device)
     plan = plan_for(x, experts.fmt, cfg.act_quant, cfg.exact_bf16, (experts.w1, experts.w2), cfg.packed_mxfp4)
-    out = _routed(x, topk_ids, topk_weights, experts, cfg, plan)
+    out = _routed(x, ids, topk_weights, experts, cfg, plan)
     again = plan.redo()   # the MXFP4 scales were taken as good: read the device's check once, here
-    return out if again is None else _routed(x, topk_ids, topk_weights, experts, cfg, again)
+    return out if again is None else _routed(x, ids, topk_weights, experts, cfg, again)
 
 
 def _routed(x, topk_ids, topk_weights, experts: Experts, cfg: MoEConfig, plan: GemmPlan) -> torch.Tensor:
@@ -85,14 +86,13 @@ def _routed(x, topk_ids, topk_weights, experts: Experts, cfg: MoEConfig, plan: G
     slots = torch.zeros(t * k + 1, x.shape[1], dtype=torch.float32, device=x.device)  # one row per (token, slot)
     xq = x if plan.exact_bf16 else fake_quant_activation(x, cfg.act_quant, cfg.act_rule)
     xq = torch.cat([xq, xq.new_zeros(1, x.shape[1])])                  # row t: the zeros padding rows read
-    for b in batches(topk_ids, experts.num_experts, cfg.chunk_rows, _batch_bound(experts, cfg, plan)):
+    for b in batches(topk_ids, experts.num_experts, cfg.chunk_rows, _batch_bound(experts, cfg, plan), x.device):
         if plan.packs(b.rows.shape[1]):   # multiplied from their codes (references.gemm_fused)
             w1g, w2g = PackedMx(experts.w1, b.experts), PackedMx(experts.w2, b.experts)
         else:
             w1g, w2g = _dequant(experts, b.experts, plan)
-        pad = b.rows < 0
-        y = _expert_ffn(xq[torch.where(pad, t, b.rows // k)], w1g, w2g, experts, b.experts, cfg, plan)  # [B, P, H]
-        slots[torch.where(pad, t * k, b.rows).reshape(-1)] = y.reshape(-1, y.shape[-1])  # padding: the last row
+        y = _expert_ffn(xq[b.tokens], w1g, w2g, experts, b.experts, cfg, plan)  # [B, P, H]; padding reads row t
+        slots[b.slots.reshape(-1)] = y.reshape(-1, y.shape[-1])                # and lands in the last slot
         del w1g, w2g, y
     # the top-k sum in slot order, the same on every run (no atomics)
     return (slots[:t * k].view(t, k, -1) * topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)
@@ -102,10 +102,10 @@ def _expert_ffn(xe, w1e, w2e, experts: Experts, ids: torch.Tensor, cfg: MoEConfi
     """A batch of experts on their routed rows ``xe [B, P, H]``: fc1 (+b1), activation,
     rounding/re-quantization, fc2 (+b2)."""
     h = plan.mm(xe, w1e)
-    if experts.b1 is not None:
-        h = h + experts.b1.index_select(0, ids).to(torch.float32).unsqueeze(-2)
-    a = _fused_between(h, experts.order, cfg)
+    a = _fused_between(h, experts, ids, cfg)   # b1 added inside
     if a is None:
+        if experts.b1 is not None:
+            h = h + experts.b1.index_select(0, ids).to(torch.float32).unsqueeze(-2)
         a = between_gemms(h, experts.order, cfg)
     bf16_in = plan.exact_bf16 and cfg.intermediate_dtype == torch.bfloat16
     y = plan.mm(a.to(torch.bfloat16) if bf16_in else a, w2e, bf16_in)
@@ -126,17 +126,19 @@ def between_gemms(h: torch.Tensor, order: GateUpOrder, cfg: MoEConfig) -> torch.
     return fake_quant_activation(a, cfg.act_quant, cfg.act_rule)
 
 
-def _fused_between(h: torch.Tensor, order: GateUpOrder, cfg: MoEConfig) -> torch.Tensor | None:
-    """:func:`between_gemms` in one pass on CUDA (``references.act_fused``) where its first-use check found
-    the same bits as this code for these parameters; None elsewhere."""
+def _fused_between(h: torch.Tensor, experts: Experts, ids: torch.Tensor, cfg: MoEConfig) -> torch.Tensor | None:
+    """fc1's bias and :func:`between_gemms` in one pass on CUDA (``references.act_fused``) where its
+    first-use check found the same bits as this code for these parameters; None elsewhere."""
     if not (cfg.fused_activation and h.is_cuda and h.dtype == torch.float32 and cfg.act_fn is None
             and cfg.act_quant is None and cfg.precision is Precision.FP32 and cfg.intermediate_dtype == torch.bfloat16):
         return None
-    p = cfg.activation
-    eager = lambda gate, up: between_gemms(fuse_gate_up(gate, up, order, dim=-1), order, cfg)  # noqa: E731
-    if act_fused.status(h.device, order, p.alpha, p.beta, p.limit, eager) is not None:
+    p, order, b1 = cfg.activation, experts.order, experts.b1
+    if b1 is not None and not (b1.is_floating_point() and b1.device == h.device):
         return None
-    return act_fused.swiglu_to_bf16(h, order, p.alpha, p.beta, p.limit)
+    eager = lambda fc1: between_gemms(fc1, order, cfg)  # noqa: E731
+    if act_fused.status(h.device, order, p.alpha, p.beta, p.limit, eager, None if b1 is None else b1.dtype) is not None:
+        return None
+    return act_fused.swiglu_to_bf16(h, order, p.alpha, p.beta, p.limit, b1, None if b1 is None else ids)
 
 
 def _check_routing(x, topk_ids, topk_weights, num_experts: int) -> None:
@@ -146,7 +148,7 @@ def _check_routing(x, topk_ids, topk_weights, num_experts: int) -> None:
         raise ValueError(f"moe_forward: topk_ids {tuple(topk_ids.shape)} / topk_weights "
                          f"{tuple(topk_weights.shape)} do not match x {tuple(x.shape)}")
     flat = topk_ids.reshape(-1)
-    if flat.numel() and bool(((flat < 0) | (flat >= num_experts)).any()):
+    if flat.numel() and bool(((flat < 0) | (flat >= num_experts)).any()):   # on the host copy: no wait
         raise ValueError(f"moe_forward: topk_ids outside [0, {num_experts})")
 
 

@@ -13,19 +13,23 @@ import torch
 
 from references import act_fused
 from references.activations import GPT_OSS, SwigluParams
-from references.layouts import GateUpOrder, fuse_gate_up, split_gate_up
+from references.layouts import GateUpOrder
 from references.moe import MoEConfig, _fused_between, between_gemms
 
 CFG = MoEConfig(activation=GPT_OSS)
 
 
 def _eager(order, cfg=CFG):
-    return lambda gate, up: between_gemms(fuse_gate_up(gate, up, order, dim=-1), order, cfg)
+    return lambda h: between_gemms(h, order, cfg)
 
 
 def _eager_launch(cfg=CFG):
     """A stand-in kernel that is the eager code: what a correct kernel returns."""
-    return lambda h, order, alpha, beta, limit: between_gemms(h, order, cfg).to(torch.bfloat16)
+    def run(h, order, alpha, beta, limit, b1=None, ids=None):
+        if b1 is not None:
+            h = h + b1.index_select(0, ids).to(torch.float32).unsqueeze(-2)
+        return between_gemms(h, order, cfg).to(torch.bfloat16)
+    return run
 
 
 def test_a_kernel_equal_to_the_eager_code_passes(monkeypatch):
@@ -37,8 +41,8 @@ def test_a_kernel_equal_to_the_eager_code_passes(monkeypatch):
 
 
 def test_one_bit_off_is_caught_and_named(monkeypatch):
-    def one_ulp_high(h, order, alpha, beta, limit):
-        out = between_gemms(h, order, CFG).to(torch.bfloat16)
+    def one_ulp_high(h, order, alpha, beta, limit, b1=None, ids=None):
+        out = _eager_launch()(h, order, alpha, beta, limit, b1, ids)
         bits = out.view(torch.int16).clone()
         bits.view(-1)[12345] += 1
         return bits.view(torch.bfloat16)
@@ -47,6 +51,24 @@ def test_one_bit_off_is_caught_and_named(monkeypatch):
     p = GPT_OSS
     why = act_fused.status("cpu", GateUpOrder.GATE_UP, p.alpha, p.beta, p.limit, _eager(GateUpOrder.GATE_UP))
     assert why is not None and why.startswith("the Triton SwiGLU: 1 of ") and "gate " in why, why
+
+
+def test_a_kernel_equal_to_the_eager_code_passes_with_a_bias(monkeypatch):
+    monkeypatch.setattr(act_fused, "_STATE", {})
+    monkeypatch.setattr(act_fused, "_launch", _eager_launch())
+    p = GPT_OSS
+    assert act_fused.status("cpu", GateUpOrder.GATE_UP, p.alpha, p.beta, p.limit, _eager(GateUpOrder.GATE_UP),
+                            torch.bfloat16) is None
+
+
+def test_a_bias_from_the_wrong_expert_is_caught(monkeypatch):
+    def first_row(h, order, alpha, beta, limit, b1=None, ids=None):
+        return _eager_launch()(h, order, alpha, beta, limit, b1, torch.zeros_like(ids))
+    monkeypatch.setattr(act_fused, "_STATE", {})
+    monkeypatch.setattr(act_fused, "_launch", first_row)
+    p = GPT_OSS
+    why = act_fused.status("cpu", GateUpOrder.GATE_UP, p.alpha, p.beta, p.limit, _eager(GateUpOrder.GATE_UP), torch.float32)
+    assert why is not None and "+ bias" in why, why
 
 
 def test_a_missing_clamp_is_caught(monkeypatch):
@@ -76,7 +98,11 @@ def test_the_probe_holds_the_edges():
 
 
 def test_the_cpu_reference_keeps_the_eager_code():
-    assert _fused_between(torch.randn(2, 8), GateUpOrder.GATE_UP, CFG) is None
+    from references.formats import WEIGHT_FORMATS, QuantRecipe
+    from references.moe import Experts
+    f = WEIGHT_FORMATS["bf16"]
+    ex = Experts(f, f.quantize(torch.randn(2, 8, 32), QuantRecipe()), f.quantize(torch.randn(2, 32, 4), QuantRecipe()))
+    assert _fused_between(torch.randn(2, 3, 8), ex, torch.tensor([1, 0]), CFG) is None
 
 
 _SCRIPT = r"""
@@ -86,21 +112,24 @@ from references.activations import SwigluParams
 from references.layouts import GateUpOrder, fuse_gate_up
 from references.moe import MoEConfig, between_gemms
 for order in GateUpOrder:
-    for p in [SwigluParams(1.702, 1.0, 7.0), SwigluParams()]:
+    for p, bias in [(SwigluParams(1.702, 1.0, 7.0), None), (SwigluParams(), None), (SwigluParams(1.702, 1.0, 7.0), torch.bfloat16)]:
         cfg = MoEConfig(activation=p)
         v = A._probe(p.limit, p.alpha, 1 << 14)
-        gate = torch.cat([v, v[:-v.numel() % A.COLS]]).view(-1, A.COLS)
+        gate = torch.cat([v, v[:-v.numel() % (A.COLS * 3)]]).view(-1, 3, A.COLS)
         up = gate.flip(0)
         h = fuse_gate_up(gate, up, order, dim=-1)
-        got = A._launch(h, order, p.alpha, p.beta, p.limit)
-        want = between_gemms(h, order, cfg).to(torch.bfloat16)
+        b1 = ids = None
+        if bias is not None:
+            b1, ids = torch.randn(4, h.shape[-1]).to(bias) * 3, torch.randint(0, 4, (h.shape[0],))
+        got = A._launch(h, order, p.alpha, p.beta, p.limit, b1, ids)
+        want = between_gemms(h if b1 is None else h + b1[ids].float().unsqueeze(-2), order, cfg).to(torch.bfloat16)
         assert torch.equal(got.isnan(), want.isnan()), (order, p)
         d = (got.view(torch.int16).int() - want.view(torch.int16).int()).abs()[~want.isnan()]
         # numpy's exp stands in for libdevice's here: at most a last-bit difference, rarely
         assert int(d.max()) <= 1 and int((d > 0).sum()) <= want.numel() // 1000, (order, p, int(d.max()), int((d > 0).sum()))
         for wrong in GateUpOrder:                         # the same data read in another order is far off
             if wrong is not order:
-                bad = A._launch(h, wrong, p.alpha, p.beta, p.limit)
+                bad = A._launch(h, wrong, p.alpha, p.beta, p.limit, b1, ids)
                 assert int((bad.view(torch.int16) != want.view(torch.int16)).sum()) > want.numel() // 4, (order, wrong)
 print("ok")
 """
