@@ -111,7 +111,11 @@ def status(device, eager) -> str | None:
 def scales_flag(*scales: torch.Tensor) -> torch.Tensor:
     """On the device, no host sync: does any scale hold the NaN code (the eager decode names it) or a
     code that makes subnormal weights (which the fused kernels do not decode)?"""
-    return torch.stack([((u == NAN_SCALE) | (u < MIN_SCALE)).any() for u in (s.view(torch.uint8) for s in scales)]).any()
+    flags = [torch.zeros((), dtype=torch.bool, device=scales[0].device if scales else "cpu")]
+    for u in (s.view(torch.uint8) for s in scales if s.numel()):
+        lo, hi = torch.aminmax(u)            # one read of the scales (NaN is the largest code, 0xFF)
+        flags.append((lo < MIN_SCALE) | (hi == NAN_SCALE))
+    return torch.stack(flags).any()
 
 
 def scales_usable(*scales: torch.Tensor) -> bool:

@@ -148,7 +148,7 @@ def _check_routing(x, topk_ids, topk_weights, num_experts: int) -> None:
         raise ValueError(f"moe_forward: topk_ids {tuple(topk_ids.shape)} / topk_weights "
                          f"{tuple(topk_weights.shape)} do not match x {tuple(x.shape)}")
     flat = topk_ids.reshape(-1)
-    if flat.numel() and bool(((flat < 0) | (flat >= num_experts)).any()):   # on the host copy: no wait
+    if flat.numel() and not 0 <= int(flat.min()) <= int(flat.max()) < num_experts:   # the host copy: no wait
         raise ValueError(f"moe_forward: topk_ids outside [0, {num_experts})")
 
 
