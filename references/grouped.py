@@ -24,9 +24,14 @@ import torch
 @dataclass(frozen=True)
 class Batch:
     experts: torch.Tensor   # [B] expert ids (int64; an expert split into slices appears once per slice)
-    rows: torch.Tensor      # [B, P] flat (token, slot) indices into topk_ids.reshape(-1); -1 = padding
-    tokens: torch.Tensor    # [B, P] the token of each row (rows // k); T (one past the last) for padding
-    slots: torch.Tensor     # [B, P] rows, with T * k (one past the last) for padding
+    tokens: torch.Tensor    # [B, P] the token of each row; T (one past the last) for padding
+    slots: torch.Tensor     # [B, P] flat (token, slot) index into topk_ids.reshape(-1); T * k for padding
+    pad_slot: int           # T * k
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """``slots`` with -1 for padding."""
+        return torch.where(self.slots == self.pad_slot, -1, self.slots)
 
 
 def padded_count(n: int) -> int:
@@ -46,40 +51,52 @@ def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts
     k = max(1, math.prod(topk_ids.shape[1:]))
     flat = topk_ids.reshape(-1).to("cpu", torch.int64).numpy()
     order = np.argsort(flat.astype(np.int16) if num_experts <= 1 << 15 else flat, kind="stable")
-    counts = np.bincount(flat, minlength=num_experts).tolist()
-    slices, start = [], 0                    # (expert, first sorted row, rows)
-    for e, n in enumerate(counts):
-        for s in range(0, n, max_rows):
-            slices.append((e, start + s, min(max_rows, n - s)))
-        start += n
-    by_size: dict[int, list] = {}
-    for sl in slices:
-        by_size.setdefault(padded_count(sl[2]), []).append(sl)
-    plan = []                                # (padded rows, slices) per batch
-    for p, group in sorted(by_size.items()):
-        step = max(1, max_experts(p) if callable(max_experts) else max_experts)
-        plan += [(p, group[g0:g0 + step]) for g0 in range(0, len(group), step)]
-    yield from _batches(plan, order, t, k, device)
+    e, first, n = _slices(np.bincount(flat, minlength=num_experts), max_rows)
+    p = _padded_counts(n)
+    plan, by_p = [], np.argsort(p, kind="stable")        # (padded rows, slice indices) per batch
+    for q, at in zip(*np.unique(p[by_p], return_index=True)):
+        group = by_p[at:at + int((p == q).sum())]
+        step = max(1, max_experts(int(q)) if callable(max_experts) else max_experts)
+        plan += [(int(q), group[g0:g0 + step]) for g0 in range(0, len(group), step)]
+    yield from _batches(plan, e, first, n, order, t, k, device)
 
 
-def _batches(plan, order, t: int, k: int, device: torch.device):
-    """Each batch's expert ids, rows, tokens and slots, built on the host (numpy: single-threaded, so
-    no wait for a thread pool) and moved in one copy."""
+def _slices(counts: np.ndarray, max_rows: int):
+    """``(expert, first sorted row, rows)`` arrays of every slice, in expert order; an expert with more
+    than ``max_rows`` rows is cut into slices of ``max_rows`` (and the rest), one with none has none."""
+    pieces = -(-counts // max_rows)
+    e = np.repeat(np.arange(len(counts)), pieces)
+    piece = np.arange(len(e)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    first = np.repeat(np.cumsum(counts) - counts, pieces) + piece * max_rows
+    return e, first, np.minimum(max_rows, counts[e] - piece * max_rows)
+
+
+def _padded_counts(n: np.ndarray) -> np.ndarray:
+    """:func:`padded_count` of each of ``n`` (frexp's exponent is the bit length, exact below 2^53)."""
+    bits = np.frexp(np.maximum(n, 1).astype(np.float64))[1].astype(np.int64)
+    step = np.maximum(1, (np.int64(1) << (bits - 1)) // 8)
+    return -(-n // step) * step
+
+
+def _batches(plan, e, first, n, order, t: int, k: int, device: torch.device):
+    """Each batch's expert ids, tokens and slots, built on the host in numpy (single-threaded, no
+    waiting for a thread pool; all batches at once) and moved in one copy; the views per batch are
+    taken as the batches are used, while the device works."""
     if not plan:
         return
-    es, rows = [], []
-    for p, group in plan:
-        e, first, n = (np.array(c, dtype=np.int64) for c in zip(*group))
-        col = np.arange(p)
-        i = np.where(col < n[:, None], first[:, None] + col, -1).reshape(-1)
-        es.append(e)
-        rows.append(np.where(i >= 0, order[np.maximum(i, 0)], -1))
-    r = np.concatenate(rows)
-    host = torch.from_numpy(np.concatenate(es + [r, np.where(r >= 0, r // k, t), np.where(r >= 0, r, t * k)]))
+    sl = np.concatenate([g for _, g in plan])            # slices in batch order
+    per = np.repeat(np.array([q for q, _ in plan]), [len(g) for _, g in plan])   # their padded rows
+    col = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+    i = np.where(col < np.repeat(n[sl], per), np.repeat(first[sl], per) + col, len(order))
+    slots = np.append(order, t * k).take(i)              # padding: one past the last slot
+    tokens = np.append(np.repeat(np.arange(t), k), t).take(slots)   # and one past the last token
+    host = torch.from_numpy(np.concatenate([e[sl], tokens, slots]))
     if device.type == "cuda":
         host = host.pin_memory()             # so the copy does not wait for the host
-    sizes = [(len(g), p) for p, g in plan]
-    dev = host.to(device, non_blocking=True).split([b for b, _ in sizes] + [b * p for b, p in sizes] * 3)
-    n = len(plan)
-    for j, (b, p) in enumerate(sizes):
-        yield Batch(dev[j], *(dev[n * (1 + m) + j].view(b, p) for m in range(3)))
+    dev = host.to(device, non_blocking=True)
+    ne, nr, a, r0 = len(sl), len(slots), 0, 0
+    for q, g in plan:
+        b = len(g)
+        yield Batch(dev[a:a + b], dev[ne + r0:ne + r0 + b * q].view(b, q),
+                    dev[ne + nr + r0:ne + nr + r0 + b * q].view(b, q), t * k)
+        a, r0 = a + b, r0 + b * q

@@ -103,7 +103,7 @@ def test_batches_cover_every_row_once_with_bounded_padding(counts, max_rows, max
         assert b.rows.shape[0] == b.experts.numel() <= max_experts and b.rows.shape[1] <= padded_count(max_rows)
         pad = b.rows < 0
         assert torch.equal(b.tokens, torch.where(pad, ids.shape[0], b.rows // ids.shape[1]))
-        assert torch.equal(b.slots, torch.where(pad, ids.numel(), b.rows))
+        assert torch.equal(b.slots, torch.where(pad, ids.numel(), b.rows)) and b.pad_slot == ids.numel()
         for e, r in zip(b.experts.tolist(), b.rows):
             r = r[r >= 0]
             assert bool((ids.view(-1)[r] == e).all())
