@@ -64,8 +64,8 @@ def _safe(fn, *a) -> dict:
         return {"kernel_times_error": f"{type(err).__name__}: {err}"[:200]}
 
 
-def profile(x, ids, w, ex, packed: bool, top: int = 12, fused_activation: bool = True) -> dict:
-    cfg = MoEConfig(activation=GPT_OSS, packed_mxfp4=packed, fused_activation=fused_activation)
+def profile(x, ids, w, ex, packed: bool, top: int = 12, fused_activation: bool = True, overlap: bool = True) -> dict:
+    cfg = MoEConfig(activation=GPT_OSS, packed_mxfp4=packed, fused_activation=fused_activation, overlap_decode=overlap)
     moe_forward(x, ids, w, ex, cfg)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def profile(x, ids, w, ex, packed: bool, top: int = 12, fused_activation: bool =
     total = sum(e.self_device_time_total for e in ev) / 1e3
     host = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
     cpu_top = [{"name": e.key[:60], "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3)} for e in host]
-    return {"packed": packed, "fused_activation": fused_activation, "wall_ms": round(wall * 1e3, 2),
+    return {"packed": packed, "fused_activation": fused_activation, "overlap_decode": overlap, "wall_ms": round(wall * 1e3, 2),
             "cuda_ms_total": round(total, 2), "top": rows, "cpu_top": cpu_top, **_safe(_kernel_times, p)}
 
 
@@ -175,8 +175,9 @@ def main():
     h, i, e, k = CONFIGS[a.config]
     x, ids, w, w1, s1, w2, s2 = make(a.config, a.tokens, "cuda")
     ex = Experts(WEIGHT_FORMATS["mxfp4"], QTensor(w1, s1), QTensor(w2, s2))
-    res = {"config": a.config, "tokens": a.tokens, "profiles": [profile(x, ids, w, ex, p, fused_activation=f)
-                                                          for p, f in ((True, True), (False, True), (False, False))]}
+    res = {"config": a.config, "tokens": a.tokens, "profiles": [profile(x, ids, w, ex, p, fused_activation=f, overlap=o)
+                                                          for p, f, o in ((True, True, True), (True, True, False),
+                                                                          (False, True, True), (False, False, True))]}
     for pr in res["profiles"]:
         print(json.dumps(pr), flush=True)
     if a.sweep:

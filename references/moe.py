@@ -53,6 +53,7 @@ class MoEConfig:
     exact_bf16: bool = True                                  # allow the exact bf16 GEMM on CUDA
     packed_mxfp4: bool = True                                # allow the fused MXFP4 GEMM on CUDA (gemm_fused)
     fused_activation: bool = True                            # allow the one-pass SwiGLU on CUDA (act_fused)
+    overlap_decode: bool = True                              # on CUDA, decode the next batch beside this one's GEMMs
 
 
 def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: Experts,
@@ -86,16 +87,67 @@ def _routed(x, topk_ids, topk_weights, experts: Experts, cfg: MoEConfig, plan: G
     slots = torch.zeros(t * k + 1, x.shape[1], dtype=torch.float32, device=x.device)  # one row per (token, slot)
     xq = x if plan.exact_bf16 else fake_quant_activation(x, cfg.act_quant, cfg.act_rule)
     xq = torch.cat([xq, xq.new_zeros(1, x.shape[1])])                  # row t: the zeros padding rows read
-    for b in batches(topk_ids, experts.num_experts, cfg.chunk_rows, _batch_bound(experts, cfg, plan), x.device):
-        if plan.packs(b.rows.shape[1]):   # multiplied from their codes (references.gemm_fused)
-            w1g, w2g = PackedMx(experts.w1, b.experts), PackedMx(experts.w2, b.experts)
-        else:
-            w1g, w2g = _dequant(experts, b.experts, plan)
+    work = batches(topk_ids, experts.num_experts, cfg.chunk_rows, _batch_bound(experts, cfg, plan), x.device)
+    for b, (w1g, w2g) in _with_weights(work, experts, plan, x.device if cfg.overlap_decode and x.is_cuda else None):
         y = _expert_ffn(xq[b.tokens], w1g, w2g, experts, b.experts, cfg, plan)  # [B, P, H]; padding reads row t
         slots[b.slots.reshape(-1)] = y.reshape(-1, y.shape[-1])                # and lands in the last slot
         del w1g, w2g, y
     # the top-k sum in slot order, the same on every run (no atomics)
     return (slots[:t * k].view(t, k, -1) * topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)
+
+
+def _with_weights(work, experts: Experts, plan: GemmPlan, overlap: torch.device | None):
+    """Each batch with its fc1/fc2 weights: packed (``references.gemm_fused`` multiplies them from
+    their codes) or dequantized. With ``overlap`` (a CUDA device), batch b+1 is decoded on a side stream
+    while batch b's GEMMs run on the caller's: the decode is memory-bound, the GEMMs are not. The
+    side stream waits for the caller's work enqueued so far (the plan's copy, batch b-1), so at most
+    two batches' weights are being decoded or used at a time; tensors crossing streams are recorded
+    on the stream that uses them, so the caching allocator does not hand them out early. Only the
+    order of independent kernels changes, not one value."""
+    def weights(b):
+        if plan.packs(b.rows.shape[1]):
+            return PackedMx(experts.w1, b.experts), PackedMx(experts.w2, b.experts)
+        return _dequant(experts, b.experts, plan)
+    if overlap is None:
+        for b in work:
+            yield b, weights(b)
+        return
+    main = torch.cuda.current_stream(overlap)
+    side = _side_stream(overlap)
+
+    def launch(b):
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            w = weights(b)
+        b.experts.record_stream(side)   # the plan's device copy (one storage for every batch)
+        done = torch.cuda.Event()
+        done.record(side)
+        return b, w, done
+    ahead = None
+    for b in work:
+        nxt = launch(b)
+        if ahead is not None:
+            yield _taken(main, *ahead)
+        ahead = nxt
+    if ahead is not None:
+        yield _taken(main, *ahead)
+
+
+def _taken(main, b, w, done):
+    main.wait_event(done)
+    for t in w:
+        if isinstance(t, torch.Tensor):   # decoded on the side stream (packed weights are views of experts)
+            t.record_stream(main)
+    return b, w
+
+
+_SIDE: dict = {}
+
+
+def _side_stream(device: torch.device):
+    if device not in _SIDE:
+        _SIDE[device] = torch.cuda.Stream(device)
+    return _SIDE[device]
 
 
 def _expert_ffn(xe, w1e, w2e, experts: Experts, ids: torch.Tensor, cfg: MoEConfig, plan: GemmPlan) -> torch.Tensor:
