@@ -64,7 +64,7 @@ def _launch(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ids: to
         bm, t = row_tile(p), TILE
         grid = (-(-p // bm) * -(-n // t.bn), b)
         mxfp4_bmm[grid](x.contiguous(), packed.view(torch.uint8).contiguous(), scales.view(torch.uint8).contiguous(),
-                        ids.to(torch.int32).contiguous(),
+                        ids.to(torch.int64).contiguous(),
                         out, p, n, k, BM=bm, BN=t.bn, BK=t.bk, MODE=t.mode, SWAP=t.swap,
                         OPERAND=tl.float32 if interp else tl.bfloat16, PRECISION="ieee" if interp else None,
                         num_warps=t.warps or (8 if bm == 128 else 4), num_stages=t.stages)

@@ -89,8 +89,9 @@ def _routed(x, topk_ids, topk_weights, experts: Experts, cfg: MoEConfig, plan: G
     xq = torch.cat([xq, xq.new_zeros(1, x.shape[1])])                  # row t: the zeros padding rows read
     work = batches(topk_ids, experts.num_experts, cfg.chunk_rows, _batch_bound(experts, cfg, plan), x.device)
     for b, (w1g, w2g) in _with_weights(work, experts, plan, x.device if cfg.overlap_decode and x.is_cuda else None):
-        y = _expert_ffn(xq[b.tokens], w1g, w2g, experts, b.experts, cfg, plan)  # [B, P, H]; padding reads row t
-        slots[b.slots.reshape(-1)] = y.reshape(-1, y.shape[-1])                # and lands in the last slot
+        xe = xq.index_select(0, b.tokens.view(-1)).view(*b.tokens.shape, -1)    # [B, P, H]; padding reads row t
+        y = _expert_ffn(xe, w1g, w2g, experts, b.experts, cfg, plan)
+        slots.index_copy_(0, b.slots.view(-1), y.view(-1, y.shape[-1]))        # and lands in the last slot (never read)
         del w1g, w2g, y
     # the top-k sum in slot order, the same on every run (no atomics)
     return (slots[:t * k].view(t, k, -1) * topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)
@@ -105,7 +106,7 @@ def _with_weights(work, experts: Experts, plan: GemmPlan, overlap: torch.device 
     on the stream that uses them, so the caching allocator does not hand them out early. Only the
     order of independent kernels changes, not one value."""
     def weights(b):
-        if plan.packs(b.rows.shape[1]):
+        if plan.packs(b.slots.shape[1]):
             return PackedMx(experts.w1, b.experts), PackedMx(experts.w2, b.experts)
         return _dequant(experts, b.experts, plan)
     if overlap is None:

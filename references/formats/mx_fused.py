@@ -49,7 +49,7 @@ def _run(packed: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch
     if out.numel():
         t = DECODE
         grid = (ids.numel(), -(-n // t.block))
-        _kernel()[grid](packed.contiguous(), scales.contiguous(), ids.to(torch.int32).contiguous(), out, n,
+        _kernel()[grid](packed.contiguous(), scales.contiguous(), ids.to(torch.int64).contiguous(), out, n,
                         BLOCK=t.block, INDEX=t.index, num_warps=t.warps)
     return out
 
