@@ -15,8 +15,8 @@ compared with the layer's weights in bf16 (``reference_peak_over_bf16_weights``)
 On CUDA the reference multiplies batches of few rows per expert with its fused MXFP4 GEMM
 (``references.gemm_fused``) and decodes the rest for cuBLAS; ``--variants`` also times, in the same
 run and for the reference only, the dequantizing path alone (``dequant``), the eager SwiGLU
-(``eager-act``), every decode after the previous batch's GEMMs on one stream (``serial``), the fused
-GEMM for every batch (``packed-all*``) and other tilings of it.
+(``eager-act``), the eager top-k sum (``eager-combine``), batch b+1 decoded on a side stream beside
+batch b's GEMMs (``overlap``), the fused GEMM for every batch (``packed-all*``) and other tilings of it.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ VARIANTS = {
     # name: (MoEConfig overrides, gemm_fused.Tile fields, gemm_fused.PACKED_MAX_ROWS or None)
     "dequant": ({"packed_mxfp4": False}, {}, None),
     "eager-act": ({"fused_activation": False}, {}, None),
-    "serial": ({"overlap_decode": False}, {}, None),
+    "overlap": ({"overlap_decode": True}, {}, None),
+    "eager-combine": ({"fused_combine": False}, {}, None),
     "packed-all": ({}, {}, 1 << 30),
     "packed-all-large-tile": ({}, {"mode": 1, "bn": 64, "bk": 64}, 1 << 30),
     "packed-join": ({}, {"mode": 1}, None),

@@ -14,6 +14,7 @@ reference dequantizes and uses torch's GEMM instead (``status()``).
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,7 @@ TILE = Tile()
 # 0.33 ms at 32 and 0.41 vs 0.34 ms at 128 (the decode in registers costs more than the bf16 copy there).
 PACKED_MAX_ROWS = 16
 _STATE: dict = {}
+_FLAGS: dict = {}   # ((id, version) of each scale tensor) -> (weak references to them, flag on the device)
 
 
 def row_tile(p: int) -> int:
@@ -110,12 +112,24 @@ def status(device, eager) -> str | None:
 
 def scales_flag(*scales: torch.Tensor) -> torch.Tensor:
     """On the device, no host sync: does any scale hold the NaN code (the eager decode names it) or a
-    code that makes subnormal weights (which the fused kernels do not decode)?"""
+    code that makes subnormal weights (which the fused kernels do not decode)? Kept per scale tensor
+    while it lives and is not written in place (its version counter), so a layer run again costs no
+    kernel; a write through ``.data`` bypasses the version counter and is not seen."""
+    key = tuple((id(s), s._version) for s in scales)
+    hit = _FLAGS.get(key)
+    if hit is not None and all(r() is s for r, s in zip(hit[0], scales)):
+        return hit[1]
     flags = [torch.zeros((), dtype=torch.bool, device=scales[0].device if scales else "cpu")]
     for u in (s.view(torch.uint8) for s in scales if s.numel()):
         lo, hi = torch.aminmax(u)            # one read of the scales (NaN is the largest code, 0xFF)
         flags.append((lo < MIN_SCALE) | (hi == NAN_SCALE))
-    return torch.stack(flags).any()
+    flag = torch.stack(flags).any()
+    try:
+        refs = [weakref.ref(s, lambda _, k=key: _FLAGS.pop(k, None)) for s in scales]
+    except TypeError:
+        return flag
+    _FLAGS[key] = (refs, flag)
+    return flag
 
 
 def scales_usable(*scales: torch.Tensor) -> bool:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from references import act_fused
+from references import act_fused, combine
 from references.activations import Precision, SwigluParams, swiglu
 from references.formats.fp8 import DEEPGEMM_TEST, Fp8Rule
 from references.formats.registry import ActQuant, QTensor, WeightFormat, fake_quant_activation
@@ -53,7 +53,10 @@ class MoEConfig:
     exact_bf16: bool = True                                  # allow the exact bf16 GEMM on CUDA
     packed_mxfp4: bool = True                                # allow the fused MXFP4 GEMM on CUDA (gemm_fused)
     fused_activation: bool = True                            # allow the one-pass SwiGLU on CUDA (act_fused)
-    overlap_decode: bool = True                              # on CUDA, decode the next batch beside this one's GEMMs
+    overlap_decode: bool = False                             # on CUDA, decode the next batch beside this one's GEMMs
+    # (off: on the H200 it measured slower than one stream at every size, 1-8%, with a higher peak;
+    # benchmarks/results-h200.json, variant "overlap")
+    fused_combine: bool = True                               # allow the one-pass top-k sum on CUDA (combine)
 
 
 def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: Experts,
@@ -84,7 +87,8 @@ def moe_forward(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
 
 def _routed(x, topk_ids, topk_weights, experts: Experts, cfg: MoEConfig, plan: GemmPlan) -> torch.Tensor:
     t, k = topk_ids.shape
-    slots = torch.zeros(t * k + 1, x.shape[1], dtype=torch.float32, device=x.device)  # one row per (token, slot)
+    # one row per (token, slot): every row below t * k is written exactly once (grouped.batches), so no fill
+    slots = torch.empty(t * k + 1, x.shape[1], dtype=torch.float32, device=x.device)
     xq = x if plan.exact_bf16 else fake_quant_activation(x, cfg.act_quant, cfg.act_rule)
     xq = torch.cat([xq, xq.new_zeros(1, x.shape[1])])                  # row t: the zeros padding rows read
     work = batches(topk_ids, experts.num_experts, cfg.chunk_rows, _batch_bound(experts, cfg, plan), x.device)
@@ -93,8 +97,7 @@ def _routed(x, topk_ids, topk_weights, experts: Experts, cfg: MoEConfig, plan: G
         y = _expert_ffn(xe, w1g, w2g, experts, b.experts, cfg, plan)
         slots.index_copy_(0, b.slots.view(-1), y.view(-1, y.shape[-1]))        # and lands in the last slot (never read)
         del w1g, w2g, y
-    # the top-k sum in slot order, the same on every run (no atomics)
-    return (slots[:t * k].view(t, k, -1) * topk_weights.to(torch.float32).unsqueeze(-1)).sum(1)
+    return combine.topk_sum(slots[:t * k].view(t, k, -1), topk_weights, cfg.fused_combine)
 
 
 def _with_weights(work, experts: Experts, plan: GemmPlan, overlap: torch.device | None):

@@ -114,3 +114,16 @@ def test_a_plan_whose_scales_were_bad_is_redone_without_them():
     assert GemmPlan(True, True, True, None).redo() is None
     again = GemmPlan(True, True, True, torch.tensor(True)).redo()
     assert again == GemmPlan(True, False, False) and again.scales_bad is None
+
+
+def test_the_scale_check_is_kept_per_tensor_and_redone_after_a_write():
+    from references.gemm_fused import scales_flag
+    s1 = torch.full((2, 3, 4), 127, dtype=torch.uint8)
+    s2 = torch.full((2, 5, 4), 127, dtype=torch.uint8)
+    first = scales_flag(s1, s2)
+    assert not bool(first) and scales_flag(s1, s2) is first           # kept: no kernel the second time
+    s2[1, 4, 3] = 0xFF                                                # a NaN code written in place
+    assert bool(scales_flag(s1, s2))
+    s3 = s1.clone()
+    s3[0, 0, 0] = 1                                                   # another tensor, a subnormal-making code
+    assert bool(scales_flag(s3, s2.clone()))

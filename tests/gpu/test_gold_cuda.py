@@ -175,3 +175,24 @@ def test_decode_beside_the_gemms_is_bit_equal_to_serial(fmt, packed):
                                                   overlap_decode=False))
     for _ in range(5):
         assert torch.equal(moe_forward(x, ids, w, ex, cfg), serial)
+
+
+@pytest.mark.parametrize("k", [1, 4, 6, 8])
+def test_fused_topk_sum_passes_its_check_on_cuda(k, monkeypatch):
+    from references import combine
+    monkeypatch.setattr(combine, "_STATE", {})
+    assert combine.status(torch.device("cuda"), k) is None
+
+
+def test_fused_topk_sum_leaves_moe_forward_bit_equal():
+    from dataclasses import replace
+    g = torch.Generator().manual_seed(5)
+    t, e, k, h, i = 700, 16, 4, 512, 256
+    f = WEIGHT_FORMATS["mxfp4"]
+    ex = _cuda(Experts(f, f.quantize(torch.randn(e, 2 * i, h, generator=g) / h ** 0.5, QuantRecipe()),
+                       f.quantize(torch.randn(e, h, i, generator=g) / i ** 0.5, QuantRecipe())))
+    ids = torch.topk(torch.randn(t, e, generator=g), k, dim=-1).indices.cuda()
+    w = torch.softmax(torch.randn(t, k, generator=g), -1).cuda()
+    x = torch.randn(t, h, generator=g).to(torch.bfloat16).cuda()
+    cfg = MoEConfig(activation=GPT_OSS)
+    assert torch.equal(moe_forward(x, ids, w, ex, cfg), moe_forward(x, ids, w, ex, replace(cfg, fused_combine=False)))
