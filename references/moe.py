@@ -203,8 +203,8 @@ def _check_routing(x, topk_ids, topk_weights, num_experts: int) -> None:
     if topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != x.shape[0]:
         raise ValueError(f"moe_forward: topk_ids {tuple(topk_ids.shape)} / topk_weights "
                          f"{tuple(topk_weights.shape)} do not match x {tuple(x.shape)}")
-    flat = topk_ids.reshape(-1)
-    if flat.numel() and not 0 <= int(flat.min()) <= int(flat.max()) < num_experts:   # the host copy: no wait
+    flat = topk_ids.reshape(-1).to("cpu").numpy()   # the host copy (no wait): numpy's reductions, no dispatch
+    if flat.size and not 0 <= int(flat.min()) <= int(flat.max()) < num_experts:   # no wait on the device
         raise ValueError(f"moe_forward: topk_ids outside [0, {num_experts})")
 
 
