@@ -25,6 +25,8 @@ _STATE: dict = {}
 def eager_topk_sum(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``y [T, k, H]`` fp32, ``w [T, k]`` -> ``[T, H]`` fp32, products rounded, summed in slot order."""
     p = y * w.to(torch.float32).unsqueeze(-1)
+    if p.shape[1] == 0:
+        return p.sum(1)                                                  # no slots: zeros
     acc = p[:, 0].contiguous()
     for j in range(1, p.shape[1]):
         acc = acc + p[:, j]

@@ -79,3 +79,7 @@ def test_kernel_under_the_interpreter():
     r = subprocess.run([sys.executable, "-W", "ignore", "-c", _SCRIPT], env=env, cwd=root,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_no_slots_sum_to_zero():
+    assert torch.equal(combine.topk_sum(torch.ones(3, 0, 5), torch.ones(3, 0)), torch.zeros(3, 5))
