@@ -9,6 +9,7 @@ from harness.backends.base import Backend, Family
 from harness.backends.emulated import EmulatedAiterMxfp4, EmulatedInterleavedMx
 from harness.backends.emulated_cutlass import (EmulatedCutlassBf16, EmulatedFp8Block, EmulatedFp8BlockUpGate,
                                                EmulatedSm90W4A16, EmulatedSm90W4A16V2)
+from harness.backends.torch_grouped import EmulatedTorchGroupedBf16, EmulatedTorchScaledGroupedFp8
 from harness.faults import FAULTS_BY_NAME, Fault
 
 
@@ -31,7 +32,12 @@ FP8_BLOCK_UP_GATE = _family("fp8-block-up-gate", EmulatedFp8BlockUpGate, "gate-u
                             "rsf-applied-to-shared", "ue8m0-scales-for-fp32")
 INTERLEAVED_MXFP4 = _family("interleaved-mxfp4", EmulatedInterleavedMx, "separated-rows-where-interleaved-expected")
 AITER_MXFP4 = _family("aiter-mxfp4", EmulatedAiterMxfp4, "shuffle-flag-lost")
-FAMILIES = (SM90_W4A16, SM90_W4A16_V2, CUTLASS_BF16, FP8_BLOCK, FP8_BLOCK_UP_GATE, INTERLEAVED_MXFP4, AITER_MXFP4)
+_TORCH = ("gate-up-swapped", "checkpoint-rows-not-deinterleaved", "rsf-applied-to-shared")
+TORCH_GROUPED_BF16 = _family("torch-grouped-bf16", EmulatedTorchGroupedBf16, *_TORCH)
+TORCH_GROUPED_FP8 = _family("torch-grouped-fp8", EmulatedTorchScaledGroupedFp8, *_TORCH, "silu-mul-quant-limit-dropped",
+                            "ue8m0-scales-for-fp32")
+FAMILIES = (SM90_W4A16, SM90_W4A16_V2, CUTLASS_BF16, FP8_BLOCK, FP8_BLOCK_UP_GATE, INTERLEAVED_MXFP4, AITER_MXFP4,
+            TORCH_GROUPED_BF16, TORCH_GROUPED_FP8)
 
 
 def honours(base: Backend, fault: Fault) -> bool:

@@ -4,9 +4,6 @@ every order, clamps, keeps NaN, rounds to bf16 to nearest even and writes the ta
 Bit-equality with the eager code on the GPU: tests/gpu/test_gold_cuda.py."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +12,7 @@ from references import act_fused
 from references.activations import GPT_OSS, SwigluParams
 from references.layouts import GateUpOrder
 from references.moe import MoEConfig, _fused_between, between_gemms
+from tests.interpreter import run_interpreted
 
 CFG = MoEConfig(activation=GPT_OSS)
 
@@ -137,8 +135,4 @@ print("ok")
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_kernel_under_the_interpreter():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _SCRIPT], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+    run_interpreted(_SCRIPT, timeout=600)

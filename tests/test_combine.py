@@ -4,14 +4,12 @@ and the kernel, run by triton's interpreter on the CPU, equals the eager code bi
 On the GPU: tests/gpu/test_gold_cuda.py."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from references import combine
+from tests.interpreter import run_interpreted
 
 
 def test_the_sum_is_in_slot_order():
@@ -74,11 +72,7 @@ print("ok")
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_kernel_under_the_interpreter():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _SCRIPT], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+    run_interpreted(_SCRIPT, timeout=600)
 
 
 def test_no_slots_sum_to_zero():

@@ -5,9 +5,6 @@ the fp64 gold path on exact inputs (row tiles 16..128, N and K tails, experts ga
 On the GPU: tests/gpu/test_gold_cuda.py."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ from references import gemm_fused
 from references.formats.mx import mx_dequantize
 from references.gemm import GemmPlan, PackedMx, plan_for
 from references.formats import WEIGHT_FORMATS, QuantRecipe
+from tests.interpreter import run_interpreted
 
 
 def test_self_check_rejects_a_kernel_off_by_one_scale(monkeypatch):
@@ -102,11 +100,7 @@ def test_kernel_under_the_interpreter_is_exact(mode, swap):
     why = _interpreter_ready()
     if why:
         pytest.skip(why)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _SCRIPT.format(mode=mode, swap=swap)], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+    run_interpreted(_SCRIPT.format(mode=mode, swap=swap), timeout=900)
 
 
 def test_a_plan_whose_scales_were_bad_is_redone_without_them():
