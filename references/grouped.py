@@ -90,7 +90,7 @@ def _batches(plan, e, first, n, order, t: int, k: int, device: torch.device):
     col = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
     i = np.where(col < np.repeat(n[sl], per), np.repeat(first[sl], per) + col, len(order))
     slots = np.append(order, t * k).take(i)              # padding: one past the last slot
-    tokens = np.append(np.repeat(np.arange(t), k), t).take(slots)   # and one past the last token
+    tokens = slots // k                                  # slot s is token s // k; padding: t, one past the last
     dev = _to_device([e[sl], tokens, slots], device)
     ne, nr, a, r0 = len(sl), len(slots), 0, 0
     for q, g in plan:
