@@ -95,9 +95,11 @@ def test_gold_catches_a_misrouted_row():
 
 @settings(max_examples=50, deadline=None)
 @given(counts=st.lists(st.integers(0, 300), min_size=1, max_size=12), max_rows=st.integers(1, 128),
-       max_experts=st.integers(1, 5))
-def test_batches_cover_every_row_once_with_bounded_padding(counts, max_rows, max_experts):
-    ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).view(-1, 1)
+       max_experts=st.integers(1, 5), k=st.integers(1, 4), seed=st.integers(0, 3))
+def test_batches_cover_every_row_once_with_bounded_padding(counts, max_rows, max_experts, k, seed):
+    flat = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(seed))]
+    ids = flat[:flat.numel() // k * k].view(-1, k)   # k slots per token, experts in random order
     seen, padded = [], 0
     for b in batches(ids, len(counts), max_rows, max_experts):
         assert b.rows.shape[0] == b.experts.numel() <= max_experts and b.rows.shape[1] <= padded_count(max_rows)
