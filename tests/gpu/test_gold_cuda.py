@@ -170,7 +170,7 @@ def test_decode_beside_the_gemms_is_bit_equal_to_serial(fmt, packed):
     w = torch.softmax(torch.randn(t, k, generator=g), -1).cuda()
     x = torch.randn(t, h, generator=g).to(torch.bfloat16).cuda()
     budget = 3 * 2 * 3 * h * i   # three experts' bf16 weights per batch
-    cfg = MoEConfig(activation=GPT_OSS, packed_mxfp4=packed, dequant_budget=budget)
+    cfg = MoEConfig(activation=GPT_OSS, packed_mxfp4=packed, dequant_budget=budget, overlap_decode=True)
     serial = moe_forward(x, ids, w, ex, MoEConfig(activation=GPT_OSS, packed_mxfp4=packed, dequant_budget=budget,
                                                   overlap_decode=False))
     for _ in range(5):
