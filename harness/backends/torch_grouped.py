@@ -80,9 +80,6 @@ class EmulatedTorchGroupedBf16(Combines, Backend):
         """The order prepare writes fc1 rows in (a fault may make it differ from kernel_order)."""
         return self.kernel_order
 
-    def weight_scales(self, s: torch.Tensor, data: CaseData) -> torch.Tensor:
-        return s
-
     def activation_params(self, data: CaseData) -> SwigluParams:
         """The SwiGLU parameters the activation between the GEMMs is given."""
         return data.case.swiglu
@@ -158,8 +155,13 @@ class EmulatedTorchScaledGroupedFp8(EmulatedTorchGroupedBf16):
     requirements = Requirements(devices=("any",), formats=(WEIGHT_FORMATS["fp8_rowwise"],),
                                 act_quants=(ActQuant.FP8_TOKEN,), fp8_scales=(Fp8Scale.FP32, Fp8Scale.UE8M0), k_multiple=16)
     kernel = "emulation of torch._scaled_grouped_mm (rowwise)"
-    hooks = (EmulatedTorchGroupedBf16.fc1_order, EmulatedTorchGroupedBf16.weight_scales,
-             EmulatedTorchGroupedBf16.activation_params, Combines.combine)
+
+    def weight_scales(self, s: torch.Tensor, data: CaseData) -> torch.Tensor:
+        """The per-channel weight scales the GEMM is given."""
+        return s
+
+    hooks = (EmulatedTorchGroupedBf16.fc1_order, weight_scales, EmulatedTorchGroupedBf16.activation_params,
+             Combines.combine)
 
     def prepare(self, data: CaseData, device: str) -> GroupedWeights:
         ex = experts_in_order(data.experts, self.fc1_order(data))
