@@ -97,6 +97,19 @@ def test_gold_catches_a_misrouted_row():
 @given(counts=st.lists(st.integers(0, 300), min_size=1, max_size=12), max_rows=st.integers(1, 128),
        max_experts=st.integers(1, 5), k=st.integers(1, 4), seed=st.integers(0, 3))
 def test_batches_cover_every_row_once_with_bounded_padding(counts, max_rows, max_experts, k, seed):
+    from references import grouped
+    saved = grouped.SPLIT_ROWS
+    try:
+        plans = []
+        for split in (1 << 62, 0):    # in one piece, and with the first batch planned on its own
+            grouped.SPLIT_ROWS = split
+            plans.append(_check_batches(counts, max_rows, max_experts, k, seed))
+    finally:
+        grouped.SPLIT_ROWS = saved
+    assert plans[0] == plans[1]       # the same batches, row for row: the same GEMMs, the same bits
+
+
+def _check_batches(counts, max_rows, max_experts, k, seed):
     flat = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(seed))]
     ids = flat[:flat.numel() // k * k].view(-1, k)   # k slots per token, experts in random order
@@ -113,6 +126,7 @@ def test_batches_cover_every_row_once_with_bounded_padding(counts, max_rows, max
         padded += b.rows.numel()
     assert sorted(seen) == list(range(ids.numel()))
     assert padded <= 1.125 * ids.numel() + 1e-9
+    return [(b.experts.tolist(), b.tokens.tolist(), b.slots.tolist()) for b in batches(ids, len(counts), max_rows, max_experts)]
 
 
 @pytest.mark.parametrize("index", [False, True])
