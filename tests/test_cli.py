@@ -136,3 +136,13 @@ def test_tables_print_kernel_text_verbatim():
         print_rows([row])
     text = "".join(cap.get().split())
     assert "[gate;up]" in text and "[up;gate]" in text and "[E,n,K/2]" in text and "c[tokens=1]" in text
+
+
+def test_build_flashinfer_without_the_library_is_one_line_naming_it(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flashinfer" else real(name, *a))
+    r = CliRunner().invoke(main, ["build-flashinfer"])
+    assert r.exit_code == 2, r.output
+    line = " ".join(r.output.split())
+    assert "build-flashinfer: flashinfer-python is not installed" in line and len(r.output.strip().splitlines()) <= 2, r.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from harness.cli.api import api_snapshot
+from harness.cli.api import api_snapshot, build_flashinfer
 from harness.cli.fuzz import fuzz
 from harness.cli.inspect import diagnose_cmd, list_, probe, study_ue8m0
 from harness.cli.reports import diff, merge, report
@@ -18,7 +18,8 @@ def main():
     """Numerical-accuracy regression harness for quantized MoE kernels."""
 
 
-for _cmd in (run, check, fuzz, diagnose_cmd, probe, study_ue8m0, list_, merge, diff, report, api_snapshot):
+for _cmd in (run, check, fuzz, diagnose_cmd, probe, study_ue8m0, list_, merge, diff, report, api_snapshot,
+             build_flashinfer):
     main.add_command(_cmd)
 
 if __name__ == "__main__":

@@ -43,3 +43,23 @@ def api_snapshot(snapshot, source, out_dir):
     (out / f"{snapshot}.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     console.print(f"{out / (snapshot + '.json')}: {len(doc['symbols'])} symbols"
                   + (f"; not found in the source: {', '.join(missing)}" if missing else ""), highlight=False)
+
+
+@click.command("build-flashinfer")
+@click.option("--arch", default="9.0a", show_default=True, help="FLASHINFER_CUDA_ARCH_LIST to compile for")
+@click.option("--jobs", type=int, default=None, help="parallel nvcc jobs (MAX_JOBS; default: FlashInfer's)")
+@click.option("--verbose", is_flag=True, help="show the compiler's output")
+def build_flashinfer(arch, jobs, verbose):
+    """Build the trimmed SM90 fused-MoE module of the installed flashinfer-python here (nvcc and the CUDA
+    headers, no GPU) into $MOEACC_CACHE_DIR, and print the .so's path: carry its folder to a GPU machine
+    and point MOEACC_FLASHINFER_PREBUILT at it."""
+    import importlib.util
+    if importlib.util.find_spec("flashinfer") is None:
+        fail("build-flashinfer: flashinfer-python is not installed (pip install flashinfer-python==0.7.2.post1 --no-deps, "
+             "with apache-tvm-ffi)")
+    from harness.backends.flashinfer.build import build
+    try:
+        so = build(arch, jobs, verbose)
+    except Exception as err:  # noqa: BLE001 - a compiler or JIT error: one line, naming it
+        fail(f"build-flashinfer: {type(err).__name__}: {' '.join(str(err).split())[:300]}")
+    console.print(str(so), highlight=False)
