@@ -146,3 +146,12 @@ def test_build_flashinfer_without_the_library_is_one_line_naming_it(monkeypatch)
     assert r.exit_code == 2, r.output
     line = " ".join(r.output.split())
     assert "build-flashinfer: flashinfer-python is not installed" in line and len(r.output.strip().splitlines()) <= 2, r.output
+
+
+def test_a_failed_flashinfer_build_names_the_first_compiler_error():
+    from harness.cli.api import _first_compiler_error
+    log = ("Ninja build failed. Ninja output: [1/58] /usr/local/cuda/bin/nvcc -c a.cu -o a.o\n"
+           "/x/site-packages/flashinfer/data/csrc/nv_internal/include/tensorrt_llm/common/cudaUtils.h:19:10: "
+           "fatal error: cublasLt.h: No such file or directory\ncompilation terminated.\n")
+    assert _first_compiler_error(log) == "cudaUtils.h:19: fatal error: cublasLt.h: No such file or directory"
+    assert _first_compiler_error("ninja: no work to do") is None

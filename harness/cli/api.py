@@ -61,5 +61,13 @@ def build_flashinfer(arch, jobs, verbose):
     try:
         so = build(arch, jobs, verbose)
     except Exception as err:  # noqa: BLE001 - a compiler or JIT error: one line, naming it
-        fail(f"build-flashinfer: {type(err).__name__}: {' '.join(str(err).split())[:300]}")
+        fail(f"build-flashinfer: {_first_compiler_error(str(err)) or type(err).__name__ + ': ' + ' '.join(str(err).split())[:300]}")
     console.print(str(so), highlight=False)
+
+
+def _first_compiler_error(log: str) -> str | None:
+    """The first ``fatal error:`` / ``error:`` line of a compiler log (ninja's output holds every command
+    line first), with its file name only: ``cudaUtils.h:19: fatal error: cublasLt.h: No such file or directory``."""
+    import re
+    m = re.search(r"(?:^|\s)(\S+?):(\d+):(?:\d+:)? (fatal error|error): (.+?)(?:\n|$)", log)
+    return None if m is None else f"{Path(m.group(1)).name}:{m.group(2)}: {m.group(3)}: {m.group(4).strip()}"
