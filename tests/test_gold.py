@@ -134,10 +134,7 @@ def test_fused_mxfp4_decode_is_bit_equal_to_the_eager_one(index):
     """The one-pass Triton decode the CUDA reference uses, run by triton's interpreter on the CPU:
     every byte at every scale it is used for, and a gather of experts (both kernel variants)."""
     import importlib.util
-    import os
-    import subprocess
-    import sys
-    import pytest
+    from tests.interpreter import run_interpreted
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton not installed (checked on the GPU by tests/gpu/test_gold_cuda.py)")
     script = (
@@ -152,10 +149,9 @@ def test_fused_mxfp4_decode_is_bit_equal_to_the_eager_one(index):
         "ids = torch.tensor([2, 0, 2])\n"
         "got = M.mxfp4_to_bf16(p, s, ids)\n"
         "want = mx_dequantize(p[ids], s[ids], dtype=torch.bfloat16)\n"
-        "assert torch.equal(got.view(torch.int16), want.view(torch.int16))\n")
-    r = subprocess.run([sys.executable, "-c", script], env=os.environ | {"TRITON_INTERPRET": "1"},
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+        "assert torch.equal(got.view(torch.int16), want.view(torch.int16))\n"
+        "print('ok')\n")
+    run_interpreted(script)
 
 
 def test_fused_decode_self_check_rejects_a_wrong_kernel(monkeypatch):
