@@ -101,6 +101,25 @@ def test_every_format_builds_and_has_a_reference(fmt):
     assert r.shape == (5, 128) and torch.isfinite(r).all() and r.abs().sum() > 0
 
 
+def test_the_shared_expert_is_computed_once_per_case_data(monkeypatch):
+    """Repeated runs differ only in what the backend computed: the harness's own shared-expert GEMMs run
+    once per case data (a changed case, e.g. a localization experiment's, computes its own)."""
+    from dataclasses import replace
+    from harness.cases import inputs as I
+    c = case(name="x", tokens=5, hidden=128, intermediate=64, experts=2, topk=1, shared_expert=True)
+    d = make_inputs(c)
+    calls = []
+    real = I.dense_mlp
+    monkeypatch.setattr(I, "dense_mlp", lambda *a, **k: calls.append(1) or real(*a, **k))
+    routed = torch.zeros(5, 128)
+    first, again = I.layer_output(routed, d), I.layer_output(routed, d)
+    assert len(calls) == 1 and torch.equal(first, again) and first.abs().sum() > 0
+    limited = replace(d, case=case(name="x", tokens=5, hidden=128, intermediate=64, experts=2, topk=1, shared_expert=True,
+                                   activation={"alpha": 1.0, "beta": 0.0, "limit": 0.01}))
+    assert not torch.equal(I.layer_output(routed, limited), first) and len(calls) == 2
+    assert I.layer_output(routed, replace(d, shared=None)).abs().sum() == 0
+
+
 def test_checkpoint_layout_interleaved_rows():
     c = case(name="x", tokens=5, hidden=128, intermediate=64, experts=2, topk=1, checkpoint_layout="interleaved")
     g = case(name="x", tokens=5, hidden=128, intermediate=64, experts=2, topk=1, checkpoint_layout="gate_up")

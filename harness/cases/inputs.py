@@ -32,6 +32,15 @@ class CaseData:
     topk_ids: torch.Tensor
     experts: Experts                  # checkpoint form: fc1 rows in case.checkpoint_layout
     shared: SharedExpert | None = None
+    _shared_out: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
+    def shared_output(self) -> torch.Tensor | None:
+        """The shared expert's output, which the harness computes beside the kernel (``dense_mlp``), once
+        per case data: repeated runs of a backend then differ only in what the backend computed, so a
+        nondeterministic verdict is the kernel's, never a library GEMM of ours run again."""
+        if self.shared is not None and self._shared_out is None:
+            self._shared_out = dense_mlp(self.x, self.shared, self.case.swiglu, self.case.dtype)
+        return self._shared_out
 
     def to(self, device) -> "CaseData":
         mv = lambda t: t.to(device)  # noqa: E731
@@ -157,9 +166,7 @@ Combine = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
 def layer_output(routed: torch.Tensor, data: CaseData, combine: Combine = combine_shared) -> torch.Tensor:
     """The layer output from the routed experts' sum: ``rsf * routed + shared`` (the caller-side
     combine kernels leave to the framework); ``combine`` replaces the rule (fault hypotheses)."""
-    c = data.case
-    shared = None if data.shared is None else dense_mlp(data.x, data.shared, c.swiglu, c.dtype)
-    return combine(routed, shared, c.routed_scaling_factor)
+    return combine(routed, data.shared_output(), data.case.routed_scaling_factor)
 
 
 def moe_config(case: Case, precision: Precision = Precision.FP32, **kw) -> MoEConfig:
