@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from harness.backends.base import Requirements
 from harness.backends.flashinfer import FI
+from harness.probes import fast_math as fm
 from harness.probes import flashinfer as fi
 from harness.probes import torch_fp8 as tf
 from harness.probes import triton_kernels_int16 as tki
@@ -39,4 +40,6 @@ def all_probes() -> list[Probe]:
         _mk("torch-scaled-grouped-mm", "torch._scaled_grouped_mm", Requirements(devices=("sm90+",)), tf.grouped_probe),
         _mk("triton-kernels-topk-int16-ids", "triton_kernels.topk.topk_forward(y_indx=int16 / int32 ids)",
             Requirements(devices=("cuda",), libraries=(TK,)), tki.int16_probe),
+        _mk("nvcc-fast-math-fp8-scale", "448.f / amax, 1.f / scale, e4m3(x * scale) under nvcc -use_fast_math",
+            Requirements(devices=("cuda",)), fm.fast_math_probe),
     ]
