@@ -1,24 +1,37 @@
 """Which stage of triton_kernels' MoE changes between identical runs (Finding 10), on a GPU.
 
     PYTHONPATH=.carry/triton_kernels python3 tools/tk-determinism.py --cases CASES.yaml [--case GLOB] [--runs 20]
+        [--constraints '{"num_stages": 1}']
 
 For each case: the adapter's own preparation once, then ``--runs`` times each of: the routing
 metadata (gather / scatter indices, per-expert counts, gammas), fc1 on the first run's metadata,
 fc2 on the first run's fc1 output, and the whole forward. Every result is compared bit for bit with
 the first run's; a stage that differs while its inputs are fixed is where the nondeterminism lives.
-Prints one line per stage: ``stage: D of N runs differ (max |diff| X)``.
+Prints the opt flags matmul_ogs chose for fc1 and fc2 (the source read says: not persistent, split-K 1,
+nothing timed or device-size dependent on this path), then one line per stage:
+``stage: D of N runs differ (max |diff| X)``. The harness's own shared-expert GEMMs (``dense_mlp``,
+computed once per case data by the runner since this tool was written) are a stage of their own.
+``--poison-scale-tail`` also runs fc1 with its weight scales copied into a buffer followed by 0xFF bytes (E8M0
+NaN): the Hopper scale load is unmasked (``_matmul_ogs.py:349-351``) and the scale layout pads K only to
+2 groups (``hopper_scale.py:30-34``), so at K/32 = 2 mod 4 (K = 1472) the last K tile reads past each
+swizzled row and, for the last rows, past the tensor; a NaN that appears only with the poisoned tail says
+the kernel reads memory outside the scale tensor (harmless while those bytes are not 0xFF, a NaN when they are).
+``--constraints`` adds opt-flag constraints (``update_opt_flags_constraints``, e.g. one pipeline stage)
+to the adapter's ``split_k: 1``: a difference that goes away with them points at the compiled kernel.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 
 import torch
 
 from harness.backends.triton_kernels import TK, TritonKernelsMxfp4
 from harness.cases import load_cases, make_inputs
 from harness.device import device_info
+from references.moe import dense_mlp
 
 
 def _differs(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -53,8 +66,62 @@ def stages(backend: TritonKernelsMxfp4, data, p):
         return (matmul_ogs(x=h0, w=p.w2, bias=p.b2, routing_data=rd0, scatter_indx=si0, precision_config=p.pc2,
                            gammas=rd0.gate_scal),)
 
+    def shared():
+        return () if data.shared is None else (dense_mlp(data.x, data.shared, data.case.swiglu, data.case.dtype),)
+
     return {"routing metadata": routing, "fc1 (fixed metadata)": fc1, "fc2 (fixed fc1 output)": fc2,
-            "whole forward": lambda: (backend.run(p, data),)}
+            "shared expert (the harness's torch GEMMs)": shared, "whole forward": lambda: (backend.run(p, data),)}
+
+
+def poisoned_tail(scale, pad: int = 1 << 16):
+    """The scale tensor's storage copied (same strides) into a buffer of 0xFF bytes that runs ``pad`` bytes
+    past its end; returns the original torch tensor so the caller can put it back."""
+    t = scale.storage.data
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    if t.storage_offset() != 0 or span != t.numel():
+        raise SystemExit(f"tk-determinism: scale storage is not a permutation of a dense buffer: {t.shape} {t.stride()}")
+    big = torch.full((span + pad,), 0xFF, dtype=torch.uint8, device=t.device).view(t.dtype)
+    view = torch.as_strided(big, t.shape, t.stride(), 0)
+    view.copy_(t)
+    scale.storage.data = view
+    return t
+
+
+def poison_experiment(backend, data, p) -> None:
+    matmul_ogs = TK.attr("triton_kernels.matmul_ogs", "matmul_ogs")
+    x = data.x.to(torch.bfloat16).contiguous()
+    rd, gi, _ = backend.routing(data)
+
+    def fc1():
+        out = matmul_ogs(x=x, w=p.w1, bias=p.b1, routing_data=rd, gather_indx=gi, precision_config=p.pc1,
+                         fused_activation=backend.swiglu(data))
+        torch.cuda.synchronize()
+        return out
+    clean = fc1()
+    original = poisoned_tail(p.pc1.weight_scale)
+    try:
+        dirty = fc1()
+    finally:
+        p.pc1.weight_scale.storage.data = original
+    nan_clean, nan_dirty = int(clean.isnan().sum()), int(dirty.isnan().sum())
+    rows = dirty.isnan().any(-1).nonzero().flatten().tolist()
+    print(f"  fc1 with 0xFF after the scale tensor: {nan_dirty} NaN (clean: {nan_clean}); bit-equal: "
+          f"{_differs(clean, dirty) is None}; rows with NaN: {rows[:8]}{'...' if len(rows) > 8 else ''} of {dirty.shape[0]}")
+
+
+def record_opt_flags(seen: list):
+    """Wrap matmul_ogs's ``make_opt_flags`` (as the module imported it) to record each call's result."""
+    import triton_kernels.matmul_ogs as mo
+    real = getattr(mo, "make_opt_flags", None)
+    if real is None:
+        print("  (matmul_ogs has no make_opt_flags to record)")
+        return
+
+    def wrapped(*a, **k):
+        flags = real(*a, **k)
+        seen.append(flags)
+        return flags
+    mo.make_opt_flags = wrapped
 
 
 def main() -> None:
@@ -62,7 +129,10 @@ def main() -> None:
     ap.add_argument("--cases", required=True)
     ap.add_argument("--case", default="*")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--constraints", default="{}", help="JSON opt-flag constraints added to split_k 1")
+    ap.add_argument("--poison-scale-tail", action="store_true", help="fc1 with 0xFF bytes after its scale tensor")
     a = ap.parse_args()
+    extra = json.loads(a.constraints)
     if not torch.cuda.is_available():
         raise SystemExit(f"tk-determinism: needs a CUDA GPU (torch {torch.__version__} sees none)")
     backend = TritonKernelsMxfp4()
@@ -73,7 +143,19 @@ def main() -> None:
             continue
         data = make_inputs(case, "cuda")
         p = backend.prepare(data, "cuda")
-        print(f"{case.name}: T={case.tokens} H={case.hidden} I={case.intermediate} E={case.experts} k={case.topk}")
+        if extra:
+            TK.attr("triton_kernels.matmul_ogs_details.opt_flags", "update_opt_flags_constraints")(
+                constraints={"split_k": 1, **extra})
+        print(f"{case.name}: T={case.tokens} H={case.hidden} I={case.intermediate} E={case.experts} k={case.topk}"
+              + (f" constraints {extra}" if extra else ""))
+        seen: list = []
+        record_opt_flags(seen)
+        backend.run(p, data)
+        torch.cuda.synchronize()
+        for layer, flags in zip(("fc1", "fc2"), seen):
+            print(f"  opt flags {layer}: {flags}")
+        if a.poison_scale_tail:
+            poison_experiment(backend, data, p)
         for name, fn in stages(backend, data, p).items():
             first = fn()
             torch.cuda.synchronize()
