@@ -11,6 +11,7 @@ import enum
 import torch
 
 from references.formats._checks import as_uint8
+from references.formats.arith import div
 from references.formats.e2m1 import E2M1_EMAX, E2M1_MAX
 
 E8M0_BIAS = 127
@@ -97,6 +98,6 @@ def mx_scale_exponent(amax: torch.Tensor, elem: Element | str, mode: ScaleMode |
         rounded = ((bits + (1 << (23 - mbits - 1))) & (0x1FF << 23)).view(torch.float32)
         e = floor_log2(rounded) - emax
     else:
-        e = ceil_log2(a / maxv)
+        e = ceil_log2(div(a, maxv))
     zero = a == 0
     return torch.where(zero, torch.full_like(e, -E8M0_BIAS), e).clamp(-E8M0_BIAS, E8M0_BIAS)

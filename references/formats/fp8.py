@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from references.formats._checks import check_block, check_finite
+from references.formats.arith import div, rdiv
 from references.formats.e8m0 import E4M3_MAX, ceil_log2
 
 
@@ -40,7 +41,11 @@ class Fp8Rule:
     - ``reciprocal``: ``q = e4m3(x * (448 / amax))`` with the stored scale ``1 / (448 / amax)``,
       instead of ``q = e4m3(x / (amax / 448))``. The two round differently in fp32, which moves
       values that sit exactly on an e4m3 rounding midpoint (saturated activations in ratio 6:8
-      land on 336, between 320 and 352) by a whole e4m3 step.
+      land on 336, between 320 and 352) by a whole e4m3 step. The reference computes ``448 / amax`` as
+      ``448 * RN(1 / amax)`` (:func:`references.formats.arith.rdiv`, what torch does for it); nvcc's
+      ``-use_fast_math`` division in TRT-LLM's kernel is ``448 * rcp.approx(amax)`` (``div.approx.f32``):
+      the same bits where the GPU's reciprocal is correctly rounded, which ``moeacc probe --probe
+      nvcc-fast-math-fp8-scale`` measures.
     """
 
     name: str
@@ -66,13 +71,13 @@ def _fp8_scale(amax: torch.Tensor, scale_fmt: Fp8Scale | str, rule: Fp8Rule = DE
         a = a.clamp_min(rule.amax_floor)
     zero = a == 0
     a = torch.where(zero, torch.full_like(a, E4M3_MAX), a)   # an all-zero group (floor 0): scale 1
-    s = a / E4M3_MAX
+    s = div(a, E4M3_MAX)
     if Fp8Scale(scale_fmt) is Fp8Scale.UE8M0:
         s = ceil_to_ue8m0(s)
-        return 1.0 / s, s   # a power of two: exact either way
+        return torch.reciprocal(s), s   # a power of two: exact either way
     if rule.reciprocal:
-        inv = E4M3_MAX / a
-        return inv, 1.0 / inv
+        inv = rdiv(E4M3_MAX, a)
+        return inv, torch.reciprocal(inv)
     return None, s
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from references.formats._checks import check_block, check_finite
+from references.formats.arith import div, rdiv
 from references.formats.e2m1 import E2M1_MAX, e2m1_decode, e2m1_encode, pack_fp4, unpack_fp4
 from references.formats.e8m0 import E4M3_MAX
 
@@ -20,7 +21,7 @@ def nvfp4_global_scale(x: torch.Tensor) -> torch.Tensor:
 
     Source: NVIDIA TensorRT-LLM / FlashInfer ``fp4_quantize`` docs (global_sf = 448*6/amax).
     """
-    return (E4M3_MAX * E2M1_MAX) / x.abs().amax().to(torch.float32).clamp_min(1e-12)
+    return rdiv(E4M3_MAX * E2M1_MAX, x.abs().amax().to(torch.float32).clamp_min(1e-12))   # as torch computes 2688 / amax
 
 
 def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor | None = None):
@@ -35,7 +36,7 @@ def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor | None = None):
     check_finite(x, "nvfp4_quantize input")
     gs = nvfp4_global_scale(x) if global_scale is None else global_scale.to(torch.float32)
     xb = x.to(torch.float32).unflatten(-1, (-1, NVFP4_BLOCK))
-    sf = (xb.abs().amax(-1) / E2M1_MAX * gs).clamp(max=E4M3_MAX).to(torch.float8_e4m3fn)
+    sf = (div(xb.abs().amax(-1), E2M1_MAX) * gs).clamp(max=E4M3_MAX).to(torch.float8_e4m3fn)
     sf32 = sf.to(torch.float32)
     inv = torch.where(sf32 > 0, gs / sf32, torch.zeros_like(sf32))
     q = pack_fp4(e2m1_encode((xb * inv.unsqueeze(-1)).clamp(-E2M1_MAX, E2M1_MAX).flatten(-2)))
