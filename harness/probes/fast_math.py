@@ -9,17 +9,18 @@ module is built with FlashInfer's default ``-use_fast_math`` (``jit/core.py:746-
 -DNDEBUG`` at :763; ``jit/fused_moe.py:274-279`` does not opt out), under which nvcc 13.0 emits
 ``div.approx.ftz.f32``, ``rcp.approx.ftz.f32``, ``mul.ftz.f32`` and ``cvt.rn.satfinite.e4m3x2.f32``
 for those lines (:func:`ptx_ops`). The PTX ISA defines ``div.approx`` as ``a * (1/b)`` with an
-approximate reciprocal; the reciprocal's bits are the hardware's, so they are measured here: the
-probe compiles those lines with those flags for this GPU (``nvcc``, no FlashInfer needed), runs them
-on every positive finite bf16 amax, and counts how many scales, stored scales and codes each model
-gets wrong:
+approximate reciprocal, and the twin's TRT-LLM rule computes ``448 * RN(1 / amax)`` and ``RN(1 / scale)``
+(``references.formats.fp8``, torch's own ``448 / amax``): the two agree exactly where the GPU's
+reciprocal is correctly rounded. Those bits are the hardware's, so they are measured here: the probe
+compiles the kernel's lines with those flags for this GPU (``nvcc``, no FlashInfer needed), runs them on
+every positive finite bf16 amax, and counts how many scales, stored scales and codes each model gets wrong:
 
-- ``ieee``: ``RN(448 / a)``, ``RN(1 / s)``, the twin's TRT-LLM rule today (``references.formats.fp8``);
-- ``rcp-then-mul``: ``RN(448 * RN(1 / a))``, ``RN(1 / s)``, i.e. a correctly rounded reciprocal.
+- ``twin``: the reference's own quantizer scale (``_fp8_scale`` with ``TRTLLM``), the model in use;
+- ``correctly-rounded``: ``RN(448 / a)`` and ``RN(1 / s)``, for comparison.
 
 It also checks that the result scales with the exponent (then 128 bf16 mantissas determine it: the
 notes carry that table, the data a twin needs to reproduce the kernel) and that the codes follow from
-the scale by round-to-nearest. The row fails while the twin's rule differs from the kernel's arithmetic.
+the scale by round-to-nearest. The row fails while the twin's scales differ from the kernel's arithmetic.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import numpy as np
 import torch
 
 from harness.probes.base import ProbeResult
+from references.formats import TRTLLM, Fp8Scale
+from references.formats.fp8 import _fp8_scale
 
 # FlashInfer gen_jit_spec's defaults for the fused_moe_90 module (jit/core.py:736-764 at 0.7.2.post1)
 FLAGS = ("-std=c++17", "-use_fast_math", "-O3", "-DNDEBUG")
@@ -118,17 +121,18 @@ def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return a, (a.float() * u).to(torch.bfloat16)
 
 
+MODELS = ("twin", "correctly-rounded")
+
+
 def model(a: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, stored 1/scale) of ``a`` (bf16 amax) under the named model, fp32 on the CPU (IEEE)."""
+    """(scale, stored 1/scale) of ``a`` (bf16 amax) under the named model, fp32 on the CPU."""
     af = a.float().cpu()
-    c = torch.tensor(E4M3_MAX)
-    if name == "ieee":
-        s = c / af
-    elif name == "rcp-then-mul":
-        s = c * (1.0 / af)
-    else:
-        raise ValueError(f"unknown model {name!r}")
-    return s, 1.0 / s
+    if name == "twin":
+        return _fp8_scale(af, Fp8Scale.FP32, TRTLLM)
+    if name == "correctly-rounded":
+        s = torch.full_like(af, E4M3_MAX) / af   # a tensor divisor: one rounding (references/formats/arith.py)
+        return s, torch.ones_like(s) / s
+    raise ValueError(f"unknown model {name!r}")
 
 
 def codes(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -145,7 +149,7 @@ def compare(a: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, inv: torch.Te
     normal = a.float() >= torch.finfo(torch.float32).tiny
     bits = lambda t: t.float().cpu().view(torch.int32)   # noqa: E731
     out = {"amax_values": int(normal.sum())}
-    for name in ("ieee", "rcp-then-mul"):
+    for name in MODELS:
         s, v = model(a, name)
         out[name] = {"scale_differs": int(((bits(s) != bits(scale)) & normal).sum()),
                      "inv_differs": int(((bits(v) != bits(inv)) & normal).sum()),
@@ -172,19 +176,17 @@ def compare(a: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, inv: torch.Te
 def verdict(stats: dict, arch: str) -> ProbeResult:
     case = "probe:fp8 activation scale under nvcc -use_fast_math (FlashInfer scale_1x128_kernel)"
     n = stats["amax_values"]
-    ieee, rcp = stats["ieee"], stats["rcp-then-mul"]
-    metrics = {"amax_values": n, "ieee_scale_differs": ieee["scale_differs"], "ieee_inv_differs": ieee["inv_differs"],
-               "ieee_codes_differ": ieee["codes_differ"], "rcp_scale_differs": rcp["scale_differs"],
-               "rcp_inv_differs": rcp["inv_differs"], "rcp_codes_differ": rcp["codes_differ"]}
-    tail = (f"rcp-then-mul differs in {rcp['scale_differs']} scales / {rcp['inv_differs']} stored scales / "
-            f"{rcp['codes_differ']} codes; exponent-invariant: {stats['exponent_invariant']}; codes follow the scale "
-            f"by RN: {stats['codes_follow_scale_by_rn']} ({arch})")
-    if not any(ieee[k] for k in ("scale_differs", "inv_differs", "codes_differ")):
-        return ProbeResult(case, "pass", f"the twin's correctly rounded division reproduces all {n} amax values; {tail}",
-                           metrics, stats)
+    twin, exact = stats["twin"], stats["correctly-rounded"]
+    metrics = {"amax_values": n, **{f"{m.replace('-', '_')}_{k}": stats[m][k] for m in MODELS for k in stats[m]}}
+    tail = (f"correctly rounded division differs in {exact['scale_differs']} scales / {exact['inv_differs']} stored "
+            f"scales / {exact['codes_differ']} codes; exponent-invariant: {stats['exponent_invariant']}; codes follow "
+            f"the scale by RN: {stats['codes_follow_scale_by_rn']} ({arch})")
+    if not any(twin.values()):
+        return ProbeResult(case, "pass", f"the twin's 448 * RN(1 / amax) reproduces the kernel's scales for all {n} "
+                           f"amax values; {tail}", metrics, stats)
     return ProbeResult(case, "fail", (
-        f"finding (our twin's contract, Findings 7): correctly rounded division differs from the kernel's arithmetic in "
-        f"{ieee['scale_differs']} of {n} scales, {ieee['inv_differs']} stored scales, {ieee['codes_differ']} codes; {tail}"),
+        f"finding (our twin's contract, Findings 7): the twin's 448 * RN(1 / amax) differs from the kernel's arithmetic in "
+        f"{twin['scale_differs']} of {n} scales, {twin['inv_differs']} stored scales, {twin['codes_differ']} codes; {tail}"),
         metrics, stats)
 
 
