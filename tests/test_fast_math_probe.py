@@ -72,3 +72,13 @@ def test_flashinfers_flags_make_the_division_approximate():
     assert {"div.approx.ftz.f32", "rcp.approx.ftz.f32", "mul.ftz.f32", "cvt.rn.satfinite.e4m3x2.f32"} <= set(fast)
     exact = fm.ptx_ops(fm.nvcc(), flags=tuple(f for f in fm.FLAGS if f != "-use_fast_math"))
     assert "div.rn.f32" in exact and not any("approx" in op for op in exact)
+
+
+@pytest.mark.skipif(fm.nvcc() is None, reason="needs nvcc (CUDA_HOME/bin/nvcc or on PATH), found none")
+def test_the_probe_program_builds_once(tmp_path, monkeypatch):
+    """It compiles and links here (no GPU needed to build), and a second call reuses the binary."""
+    monkeypatch.setenv("MOEACC_CACHE_DIR", str(tmp_path))
+    exe, error = fm.binary(fm.nvcc(), (9, 0))
+    assert exe is not None and exe.exists(), error
+    stamp = exe.stat().st_mtime_ns
+    assert fm.binary(fm.nvcc(), (9, 0)) == (exe, "") and exe.stat().st_mtime_ns == stamp

@@ -25,6 +25,7 @@ the scale by round-to-nearest. The row fails while the twin's scales differ from
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -190,22 +191,39 @@ def verdict(stats: dict, arch: str) -> ProbeResult:
         metrics, stats)
 
 
+def binary(compiler: str, capability: tuple[int, int]) -> tuple[Path | None, str]:
+    """The probe program for this GPU, built once per source, flags and arch under ``$MOEACC_CACHE_DIR``;
+    ``(path, "")`` or ``(None, first compiler error)``."""
+    from harness.backends.flashinfer.build import cache_dir
+    flags = (*FLAGS, arch_flag(capability))
+    key = hashlib.sha256("\0".join((SOURCE, compiler, *flags)).encode()).hexdigest()[:16]
+    exe = cache_dir() / "probes" / f"fast-math-{key}" / "scale"
+    if exe.exists():
+        return exe, ""
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    src = exe.parent / "scale.cu"
+    src.write_text(SOURCE)
+    tmp = exe.with_suffix(".tmp")
+    build = subprocess.run([compiler, *flags, str(src), "-o", str(tmp)], capture_output=True, text=True, timeout=600)
+    if build.returncode:
+        return None, next((ln for ln in build.stderr.splitlines() if "error" in ln), build.stderr.strip()[:200])
+    tmp.replace(exe)
+    return exe, ""
+
+
 def fast_math_probe(device) -> list[ProbeResult]:
     compiler = nvcc()
     case = "probe:fp8 activation scale under nvcc -use_fast_math (FlashInfer scale_1x128_kernel)"
     if compiler is None:
         return [ProbeResult(case, "skipped", "needs nvcc (CUDA_HOME/bin/nvcc or on PATH), found none")]
     cap = torch.cuda.get_device_capability(device)
+    exe, error = binary(compiler, cap)
+    if exe is None:
+        return [ProbeResult(case, "error", f"nvcc failed: {error}")]
     a, x = inputs()
+    n = a.numel()
     with tempfile.TemporaryDirectory() as d:
-        src, exe, fin, fout = (Path(d) / n for n in ("scale.cu", "scale", "in.bin", "out.bin"))
-        src.write_text(SOURCE)
-        build = subprocess.run([compiler, *FLAGS, arch_flag(cap), str(src), "-o", str(exe)],
-                               capture_output=True, text=True, timeout=600)
-        if build.returncode:
-            first = next((ln for ln in build.stderr.splitlines() if "error" in ln), build.stderr.strip()[:200])
-            return [ProbeResult(case, "error", f"nvcc failed: {first}")]
-        n = a.numel()
+        fin, fout = Path(d) / "in.bin", Path(d) / "out.bin"
         with open(fin, "wb") as f:
             f.write(np.int32(n).tobytes())
             f.write(a.view(torch.int16).numpy().tobytes())
