@@ -1,8 +1,11 @@
 """Gated activations: silu_and_mul, GPT-OSS SwiGLU (alpha, beta, limit), clamp-only SwiGLU.
 
-``Precision.FP32`` computes everything in fp32. ``Precision.KERNEL`` matches the fused kernels:
-clamp in fp32 and cast back to the input dtype, silu/sigmoid in fp32 and cast to the input dtype,
-then the product (and the ``+beta``) in the input dtype.
+``Precision.FP32`` computes everything in fp32. ``Precision.KERNEL`` matches vLLM's / FlashInfer's
+``silu_and_mul``-style kernels: clamp in fp32 and cast back to the input dtype, silu/sigmoid in fp32
+and cast to the input dtype, then the product (and the ``+beta``) in the input dtype.
+``Precision.CUTLASS`` is TRT-LLM's / FlashInfer's cutlass MoE: its fc1 GEMM writes the input dtype,
+and the activation (bias included) is fp32 with one rounding (``references.moe.between_gemms``);
+here it computes as ``FP32``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import torch
 
 
 class Precision(enum.Enum):
-    """FP32: everything in fp32. KERNEL: the fused kernels' roundings (see the module docstring)."""
+    """FP32: everything in fp32. KERNEL, CUTLASS: kernels' roundings (see the module docstring)."""
 
     FP32 = "fp32"
     KERNEL = "kernel"
+    CUTLASS = "cutlass"
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, params: SwigluParams = SwigluPa
     if params.limit is not None:
         g = g.clamp(max=params.limit)
         u = u.clamp(-params.limit, params.limit)
-    if precision is Precision.FP32:
+    if precision is not Precision.KERNEL:
         return g * torch.sigmoid(params.alpha * g) * (u + params.beta)
     dt = gate.dtype
     g, u = g.to(dt), u.to(dt)

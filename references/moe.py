@@ -158,6 +158,10 @@ def _expert_ffn(xe, w1e, w2e, experts: Experts, ids: torch.Tensor, cfg: MoEConfi
     """A batch of experts on their routed rows ``xe [B, P, H]``: fc1 (+b1), activation,
     rounding/re-quantization, fc2 (+b2)."""
     h = plan.mm(xe, w1e)
+    if cfg.precision is Precision.CUTLASS and cfg.intermediate_dtype is not None:
+        # TRT-LLM / FlashInfer cutlass MoE: the fc1 GEMM writes bf16; doActivationKernel adds the bias and
+        # computes the activation in fp32, rounding once (FlashInfer 0.7.2.post1 cutlass_fused_moe_kernels.cuh:2480-2589)
+        h = h.to(cfg.intermediate_dtype).to(torch.float32)
     a = _fused_between(h, experts, ids, cfg)   # b1 added inside
     if a is None:
         if experts.b1 is not None:

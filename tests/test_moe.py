@@ -90,3 +90,24 @@ def test_naive_loop_takes_zero_tokens():
     x, ids, w, ex = _setup(6)
     out = naive_moe_forward(x[:0], ids[:0], w[:0], ex.fmt.dequantize(ex.w1), ex.fmt.dequantize(ex.w2))
     assert out.shape == (0, 128)
+
+
+def test_cutlass_precision_rounds_fc1_then_adds_the_bias_and_rounds_the_activation_once():
+    """Precision.CUTLASS is FlashInfer's cutlass MoE: fc1 written as bf16, bias and SwiGLU in fp32, one
+    rounding (doActivationKernel); KERNEL (vLLM's silu_and_mul) rounds the SiLU and the product apiece."""
+    from references.activations import Precision, swiglu
+    g = torch.Generator().manual_seed(4)
+    t, h, i = 64, 128, 64
+    x = torch.randn(t, h, generator=g).to(torch.bfloat16)
+    w1 = (torch.randn(1, 2 * i, h, generator=g) / 8).to(torch.bfloat16)
+    w2 = (torch.randn(1, h, i, generator=g) / 8).to(torch.bfloat16)
+    b1 = torch.randn(1, 2 * i, generator=g) / 3           # fp32 bias: its bits below bf16's matter
+    ex = Experts(WEIGHT_FORMATS["bf16"], QTensor(w1), QTensor(w2), b1=b1)
+    ids, wts = torch.zeros(t, 1, dtype=torch.int64), torch.ones(t, 1)
+    out = {p: moe_forward(x, ids, wts, ex, MoEConfig(activation=GPT_OSS, precision=p)) for p in Precision}
+    # by hand: bf16(x @ w1^T), + b1 in fp32, SwiGLU in fp32, bf16 once, then fc2 in fp32
+    fc1 = (x.float() @ w1[0].float().T).to(torch.bfloat16).float() + b1[0]
+    a = swiglu(fc1[:, :i], fc1[:, i:], GPT_OSS, Precision.FP32).to(torch.bfloat16).float()
+    assert torch.equal(out[Precision.CUTLASS], a @ w2[0].float().T)
+    assert not torch.equal(out[Precision.CUTLASS], out[Precision.KERNEL])
+    assert not torch.equal(out[Precision.CUTLASS], out[Precision.FP32])

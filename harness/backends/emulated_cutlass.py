@@ -44,7 +44,9 @@ class EmulatedSm90W4A16(Combines, Backend):
     FlashInfer 0.6.12 / 0.7.2.post1 ``cutlass_fused_moe_kernels.cuh`` ``gated_off = inter_size``):
     fc1 rows [up; gate], hidden and intermediate padded to 128, weights and scales in the
     version's SM90 layout (``references.sm90_mixed``), per-expert alpha/beta/limit fp32 tensors,
-    bf16 intermediate.
+    fc1 written as bf16, bias and SwiGLU in fp32 rounded once to the bf16 intermediate
+    (``doActivationKernel``: the mixed-input GEMM never fuses the gated activation,
+    moe_gemm_template_dispatch.h:737-752; ``Precision.CUTLASS``).
     """
 
     name = "emulated-sm90-w4a16"
@@ -102,7 +104,7 @@ class EmulatedSm90W4A16(Combines, Backend):
                      p.b1, p.b2, self.kernel_order)
         act = SwigluParams() if p.alpha is None else SwigluParams(
             float(p.alpha[0]), float(p.beta[0]), None if torch.isinf(p.limit[0]) else float(p.limit[0]))
-        cfg = MoEConfig(activation=act, precision=Precision.KERNEL, intermediate_dtype=torch.bfloat16,
+        cfg = MoEConfig(activation=act, precision=Precision.CUTLASS, intermediate_dtype=torch.bfloat16,
                         act_fn=self.activation_fn())
         routed = moe_forward(p.x, data.topk_ids, data.topk_weights, ex, cfg)
         return self.combine(routed[:, : p.hidden], data).to(data.case.dtype)
@@ -137,6 +139,8 @@ class EmulatedFp8Block(Combines, Backend):
     kernel_order = GateUpOrder.GATE_UP   # the order the kernel reads fc1 rows in
     # how activations are quantized (references.formats.fp8.Fp8Rule): DeepGEMM's tests' per_token_cast_to_fp8
     act_rule: Fp8Rule = DEEPGEMM_TEST
+    # how the activation rounds: vLLM's silu_and_mul kernels (references.activations.Precision.KERNEL)
+    precision: Precision = Precision.KERNEL
 
     @property
     def reference_kw(self) -> dict:
@@ -165,7 +169,7 @@ class EmulatedFp8Block(Combines, Backend):
 
     def run(self, p: Experts, data: CaseData) -> torch.Tensor:
         c = data.case
-        cfg = MoEConfig(activation=self.activation_params(data), precision=Precision.KERNEL,
+        cfg = MoEConfig(activation=self.activation_params(data), precision=self.precision,
                         act_quant=self.activation_quant(data), act_rule=self.act_rule, intermediate_dtype=c.dtype)
         routed = moe_forward(data.x, data.topk_ids, data.topk_weights, replace(p, order=self.kernel_order), cfg)
         return self.combine(routed, data).to(c.dtype)
@@ -183,12 +187,18 @@ class EmulatedFp8BlockUpGate(EmulatedFp8Block):
     # fp8_blockscale_gemm_kernel.cuh:871, :988-999); both differences were found by fuzzing on the H100:
     # 1e-9 activations flushed by a 1e-4 floor (40% mismatch), saturated activations on e4m3 midpoints (3%)
     act_rule: Fp8Rule = TRTLLM
+    # fc1 written as bf16, then bias and SwiGLU in fp32 rounded once (doActivationKernel, FlashInfer 0.7.2.post1
+    # cutlass_fused_moe_kernels.cuh:2480-2589; 0.6.12 :2115-2254), not vLLM's silu_and_mul roundings
+    precision: Precision = Precision.CUTLASS
 
 
 class EmulatedCutlassBf16(Combines, Backend):
     """CPU emulation of FlashInfer's SM90 cutlass bf16 MoE: bf16 weights, fc1 rows [up; gate], the
-    fc1 output rounded to bf16 before the (fp32) activation, a bf16 intermediate.
+    fc1 output rounded to bf16 before the (fp32, one rounding) activation, a bf16 intermediate.
     Source: FlashInfer 0.6.12 / 0.7.2.post1 ``cutlass_fused_moe_kernels.cuh`` (``doActivation``, gated_off).
+    With an sm80-style (not TMA warp-specialized) tactic and plain SwiGLU, the kernel fuses the
+    activation into fc1's epilogue instead (``isFusedGatedActivation``, moe_gemm_template_dispatch.h:737-752)
+    and fc1's output is not rounded to bf16 first: that tactic's contract is not modelled.
     """
 
     name = "emulated-cutlass-bf16"
@@ -214,7 +224,7 @@ class EmulatedCutlassBf16(Combines, Backend):
     def run(self, p: "Bf16Buffers", data: CaseData) -> torch.Tensor:
         act = SwigluParams() if p.alpha is None else SwigluParams(
             float(p.alpha[0]), float(p.beta[0]), None if torch.isinf(p.limit[0]) else float(p.limit[0]))
-        cfg = MoEConfig(activation=act, precision=Precision.KERNEL, intermediate_dtype=torch.bfloat16)
+        cfg = MoEConfig(activation=act, precision=Precision.CUTLASS, intermediate_dtype=torch.bfloat16)
         routed = moe_forward(data.x, data.topk_ids, data.topk_weights, replace(p.experts, order=self.kernel_order), cfg)
         return self.combine(routed, data).to(data.case.dtype)
 
