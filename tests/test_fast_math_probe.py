@@ -70,8 +70,9 @@ def test_flashinfers_flags_make_the_division_approximate():
     """nvcc emits div.approx / rcp.approx for the kernel's lines under -use_fast_math, the IEEE ones without."""
     fast = fm.ptx_ops(fm.nvcc())
     assert {"div.approx.ftz.f32", "rcp.approx.ftz.f32", "mul.ftz.f32", "cvt.rn.satfinite.e4m3x2.f32"} <= set(fast)
+    assert "ex2.approx.ftz.f32" in fast   # the SwiGLU's expf
     exact = fm.ptx_ops(fm.nvcc(), flags=tuple(f for f in fm.FLAGS if f != "-use_fast_math"))
-    assert "div.rn.f32" in exact and not any("approx" in op for op in exact)
+    assert {"div.rn.f32", "rcp.rn.f32"} <= set(exact) and not {"div.approx.ftz.f32", "rcp.approx.ftz.f32"} & set(exact)
 
 
 @pytest.mark.skipif(fm.nvcc() is None, reason="needs nvcc (CUDA_HOME/bin/nvcc or on PATH), found none")
@@ -82,3 +83,61 @@ def test_the_probe_program_builds_once(tmp_path, monkeypatch):
     assert exe is not None and exe.exists(), error
     stamp = exe.stat().st_mtime_ns
     assert fm.binary(fm.nvcc(), (9, 0)) == (exe, "") and exe.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("name", list(fm.SWIGLU))
+def test_swiglu_comparison_bounds_the_kernel_at_one_ulp(name):
+    """A kernel equal to the twin passes; one 1-ULP away in places passes and is counted; 2 ULP or a NaN fails."""
+    params = fm.SWIGLU[name]
+    g, u = fm.swiglu_inputs()
+    twin = fm.twin_swiglu(g, u, params)
+    st = fm.swiglu_compare(g, u, twin.clone(), params)
+    assert st["outputs"] == 65280 and st["differ"] == 0 and fm.swiglu_verdict(st, name, "x").status == "pass"
+    nudged = twin.clone()
+    bits = nudged.view(torch.int16)
+    finite = torch.isfinite(twin.float()) & (twin.float().abs() > 1)
+    idx = finite.nonzero().flatten()[::97]
+    bits[idx] += 1
+    st = fm.swiglu_compare(g, u, nudged, params)
+    assert st["differ"] == st["differ_by_1_ulp"] == len(idx) and st["max_ulp"] == 1
+    assert fm.swiglu_verdict(st, name, "x").status == "pass"
+    bits[idx[:1]] += 1
+    assert fm.swiglu_verdict(fm.swiglu_compare(g, u, nudged, params), name, "x").status == "fail"
+    nan = twin.clone()
+    nan[idx[:1]] = float("nan")
+    assert fm.swiglu_verdict(fm.swiglu_compare(g, u, nan, params), name, "x").status == "fail"
+
+
+def test_ulp_distance_crosses_zero():
+    v = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 1.0], dtype=torch.bfloat16)
+    w = torch.tensor([-0.0, 0.0, -1e-40, 1e-40, 1.0078125], dtype=torch.bfloat16)
+    assert fm.ulp_distance(v, w).tolist() == [0, 0, 2 * int(v[2:3].view(torch.int16)), 2 * int(v[2:3].view(torch.int16)), 1]
+
+
+def test_probe_glue_with_a_stand_in_program(monkeypatch, tmp_path):
+    """The payloads the probe writes, read back the way the C program reads them (n, then for swiglu the
+    mode and alpha/beta/limit, then the bf16 arrays), answered with the twin's arithmetic: every row passes."""
+    import numpy as np
+
+    def stand_in(exe, mode, payload, device):
+        n = int(np.frombuffer(payload[:4], np.int32)[0])
+        if mode == "scale":
+            a = torch.frombuffer(bytearray(payload[4:4 + 2 * n]), dtype=torch.int16).view(torch.bfloat16)
+            x = torch.frombuffer(bytearray(payload[4 + 2 * n:]), dtype=torch.int16).view(torch.bfloat16)
+            s, v = fm.model(a, "twin")
+            return s.numpy().tobytes() + v.numpy().tobytes() + fm.codes(x, s).numpy().tobytes()
+        bias = int(np.frombuffer(payload[4:8], np.int32)[0])
+        alpha, beta, limit = np.frombuffer(payload[8:20], np.float32).tolist()
+        g = torch.frombuffer(bytearray(payload[20:20 + 2 * n]), dtype=torch.int16).view(torch.bfloat16)
+        u = torch.frombuffer(bytearray(payload[20 + 2 * n:]), dtype=torch.int16).view(torch.bfloat16)
+        p = fm.SwigluParams(alpha, beta, None if limit == float("inf") else limit) if bias else fm.SwigluParams()
+        return fm.twin_swiglu(g, u, p).view(torch.int16).numpy().tobytes()
+
+    monkeypatch.setattr(fm, "nvcc", lambda: "/usr/bin/true")
+    monkeypatch.setattr(fm, "binary", lambda compiler, cap: (tmp_path / "prog", ""))
+    monkeypatch.setattr(fm, "ptx_ops", lambda compiler, cap: [])
+    monkeypatch.setattr(fm, "_run", stand_in)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    rows = fm.fast_math_probe("cuda:0")
+    assert [r.status for r in rows] == ["pass", "pass", "pass"], [r.message for r in rows]
+    assert "gpt-oss" in rows[2].case and rows[1].metrics["outputs"] == 65280
