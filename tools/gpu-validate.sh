@@ -12,7 +12,8 @@
 #   run=ID[:ARGS]     moeacc run --device cuda --repeat 3 --run-id ID [ARGS, space-separated] into $WORK/reports
 #   fuzz=BACKEND:SECS moeacc fuzz --profile nightly --time-budget SECS into $WORK/fuzz/BACKEND
 #   bench             benchmarks/bench_reference.py --device cuda into $WORK/bench-h100.json
-#   reference         issue 16 in one step: the reference's GPU and fused-kernel tests, its host phases
+#   reference         issue 16 in one step: the reference's GPU and fused-kernel tests (and its quantizers'
+#                     bits, CPU against CUDA), its host phases
 #                     (benchmarks/host_overhead.py, with cProfile), the side-by-side benchmark with the
 #                     variants overlap / eager-combine / eager-act / dequant, and the forward's kernel profile
 #   cmd=SHELL         any command (a repro), output in steps.log
@@ -63,8 +64,8 @@ for s in "$@"; do
     fuzz=*) _step "$s" bash -c "$(declare -f _fuzz); WORK='$WORK' _fuzz '${s#fuzz=}'" ;;
     bench) _step bench python3 benchmarks/bench_reference.py --device cuda --out "$WORK/bench-h100.json" ;;
     reference)
-      _step reference-tests python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gold_cuda.py tests/test_combine.py \
-        tests/test_act_fused.py tests/test_gemm_fused.py tests/test_gold.py
+      _step reference-tests python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gold_cuda.py tests/gpu/test_device_arith_cuda.py \
+        tests/test_combine.py tests/test_act_fused.py tests/test_gemm_fused.py tests/test_gold.py
       _step reference-host python3 benchmarks/host_overhead.py --tokens 128,4096 --reps 8 --cprofile 25 --out "$WORK/host.json"
       _step reference-bench python3 benchmarks/bench_reference.py --device cuda --variants overlap,eager-combine,eager-act,dequant \
         --out "$WORK/bench.json"
