@@ -136,6 +136,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit(f"tk-determinism: needs a CUDA GPU (torch {torch.__version__} sees none)")
     backend = TritonKernelsMxfp4()
+    seen: list = []
+    record_opt_flags(seen)
     for case in (c for c in load_cases([a.cases]) if fnmatch.fnmatch(c.name, a.case)):
         why = backend.device_gate(device_info("cuda")["kind"]) or backend.case_gate(case)
         if why:
@@ -148,11 +150,10 @@ def main() -> None:
                 constraints={"split_k": 1, **extra})
         print(f"{case.name}: T={case.tokens} H={case.hidden} I={case.intermediate} E={case.experts} k={case.topk}"
               + (f" constraints {extra}" if extra else ""))
-        seen: list = []
-        record_opt_flags(seen)
+        seen.clear()
         backend.run(p, data)
         torch.cuda.synchronize()
-        for layer, flags in zip(("fc1", "fc2"), seen):
+        for layer, flags in zip(("fc1", "fc2"), list(seen)):
             print(f"  opt flags {layer}: {flags}")
         if a.poison_scale_tail:
             poison_experiment(backend, data, p)
