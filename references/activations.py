@@ -3,9 +3,9 @@
 ``Precision.FP32`` computes everything in fp32. ``Precision.KERNEL`` matches vLLM's / FlashInfer's
 ``silu_and_mul``-style kernels: clamp in fp32 and cast back to the input dtype, silu/sigmoid in fp32
 and cast to the input dtype, then the product (and the ``+beta``) in the input dtype.
-``Precision.CUTLASS`` is TRT-LLM's / FlashInfer's cutlass MoE: its fc1 GEMM writes the input dtype,
-and the activation (bias included) is fp32 with one rounding (``references.moe.between_gemms``);
-here it computes as ``FP32``.
+``Precision.CUTLASS`` is TRT-LLM's / FlashInfer's cutlass MoE: its GEMMs write the input dtype, the
+fc1 bias and the activation are fp32 with one rounding, the fc2 bias and the top-k sum fp32
+(``references.moe._expert_ffn``); the activation here computes as ``FP32``.
 """
 
 from __future__ import annotations

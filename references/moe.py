@@ -169,6 +169,10 @@ def _expert_ffn(xe, w1e, w2e, experts: Experts, ids: torch.Tensor, cfg: MoEConfi
         a = between_gemms(h, experts.order, cfg)
     bf16_in = plan.exact_bf16 and cfg.intermediate_dtype == torch.bfloat16
     y = plan.mm(a.to(torch.bfloat16) if bf16_in else a, w2e, bf16_in)
+    if cfg.precision is Precision.CUTLASS and cfg.intermediate_dtype is not None:
+        # the fc2 GEMM writes bf16 too; finalizeMoeRoutingKernel adds the bias and sums the top-k in fp32
+        # (FlashInfer 0.7.2.post1 cutlass_fused_moe_kernels.cuh:1965-2040, 3411)
+        y = y.to(cfg.intermediate_dtype).to(torch.float32)
     if experts.b2 is not None:
         y = y + experts.b2.index_select(0, ids).to(torch.float32).unsqueeze(-2)
     return y

@@ -94,7 +94,8 @@ def test_naive_loop_takes_zero_tokens():
 
 def test_cutlass_precision_rounds_fc1_then_adds_the_bias_and_rounds_the_activation_once():
     """Precision.CUTLASS is FlashInfer's cutlass MoE: fc1 written as bf16, bias and SwiGLU in fp32, one
-    rounding (doActivationKernel); KERNEL (vLLM's silu_and_mul) rounds the SiLU and the product apiece."""
+    rounding (doActivationKernel), fc2 written as bf16 (finalize sums it in fp32); KERNEL (vLLM's
+    silu_and_mul) rounds the SiLU and the product apiece and keeps fc2's output in fp32."""
     from references.activations import Precision, swiglu
     g = torch.Generator().manual_seed(4)
     t, h, i = 64, 128, 64
@@ -105,9 +106,9 @@ def test_cutlass_precision_rounds_fc1_then_adds_the_bias_and_rounds_the_activati
     ex = Experts(WEIGHT_FORMATS["bf16"], QTensor(w1), QTensor(w2), b1=b1)
     ids, wts = torch.zeros(t, 1, dtype=torch.int64), torch.ones(t, 1)
     out = {p: moe_forward(x, ids, wts, ex, MoEConfig(activation=GPT_OSS, precision=p)) for p in Precision}
-    # by hand: bf16(x @ w1^T), + b1 in fp32, SwiGLU in fp32, bf16 once, then fc2 in fp32
+    # by hand: bf16(x @ w1^T), + b1 in fp32, SwiGLU in fp32, bf16 once, then bf16(fc2)
     fc1 = (x.float() @ w1[0].float().T).to(torch.bfloat16).float() + b1[0]
     a = swiglu(fc1[:, :i], fc1[:, i:], GPT_OSS, Precision.FP32).to(torch.bfloat16).float()
-    assert torch.equal(out[Precision.CUTLASS], a @ w2[0].float().T)
+    assert torch.equal(out[Precision.CUTLASS], (a @ w2[0].float().T).to(torch.bfloat16).float())   # fc2 writes bf16
     assert not torch.equal(out[Precision.CUTLASS], out[Precision.KERNEL])
     assert not torch.equal(out[Precision.CUTLASS], out[Precision.FP32])
