@@ -170,7 +170,10 @@ class EmulatedTorchScaledGroupedFp8(EmulatedTorchGroupedBf16):
                               *scales, ex.b1, ex.b2)
 
     def quantize(self, a: torch.Tensor):
-        """Per-token FP8 (the adapter's own quantizer, as torchao's rowwise recipe: amax / 448 per row)."""
+        """Per-token FP8, the adapter's own quantizer: the reference's ``fp8_group_quantize`` over the row
+        (DeepGEMM-test rule: scale amax / 448, amax floored at 1e-4). torchao's rowwise recipe multiplies by
+        ``448 / clamp(amax, 1e-12)`` instead (``torchao/float8/float8_utils.py`` ``amax_to_scale``); the GEMM under
+        test sees whichever codes it is given, and the twin quantizes with this same function."""
         q, sa = F.fp8_group_quantize(a.float(), a.shape[-1], Fp8Scale.FP32)
         return q, sa.squeeze(-1).contiguous()
 
