@@ -6,6 +6,10 @@ and cast to the input dtype, then the product (and the ``+beta``) in the input d
 ``Precision.CUTLASS`` is TRT-LLM's / FlashInfer's cutlass MoE: its GEMMs write the input dtype, the
 fc1 bias and the activation are fp32 with one rounding, the fc2 bias and the top-k sum fp32
 (``references.moe._expert_ffn``); the activation here computes as ``FP32``.
+``Precision.TRITON_KERNELS`` is OpenAI's ``triton_kernels`` ``matmul_ogs`` with its fused SwiGLU: fc1's
+fp32 accumulator plus bias goes straight into ``s = g / (1 + exp(-alpha g))`` and ``fma(s, up, s)``,
+rounded once; fc2's rows are multiplied by their routing weight before their bf16 store, then summed
+(``references.moe._routed``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class Precision(enum.Enum):
     FP32 = "fp32"
     KERNEL = "kernel"
     CUTLASS = "cutlass"
+    TRITON_KERNELS = "triton-kernels"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,11 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, params: SwigluParams = SwigluPa
     if params.limit is not None:
         g = g.clamp(max=params.limit)
         u = u.clamp(-params.limit, params.limit)
+    if precision is Precision.TRITON_KERNELS and params.beta == 1.0:
+        # triton_kernels v3.6.0 swiglu_details/_swiglu.py:39-48: s = g / (1 + exp(-alpha g)), fma(s, up, s);
+        # the fma in fp64 (the product exact, the sum rounded to fp64 then fp32: rare halfway cases aside)
+        s = g / (1 + torch.exp(-params.alpha * g))
+        return (s.double() * u.double() + s.double()).float()
     if precision is not Precision.KERNEL:
         return g * torch.sigmoid(params.alpha * g) * (u + params.beta)
     dt = gate.dtype

@@ -97,7 +97,13 @@ def _routed(x, topk_ids, topk_weights, experts: Experts, cfg: MoEConfig, plan: G
         y = _expert_ffn(xe, w1g, w2g, experts, b.experts, cfg, plan)
         slots.index_copy_(0, b.slots.view(-1), y.view(-1, y.shape[-1]))        # and lands in the last slot (never read)
         del w1g, w2g, y
-    return combine.topk_sum(slots[:t * k].view(t, k, -1), topk_weights, cfg.fused_combine)
+    rows = slots[:t * k].view(t, k, -1)
+    if cfg.precision is Precision.TRITON_KERNELS and cfg.intermediate_dtype is not None:
+        # triton_kernels v3.6.0: fc2's epilogue multiplies each row by its gamma (routing weight) and stores it
+        # in the output dtype (_matmul_ogs.py:420-421, 472); reduce sums the k rows in fp32 (reduce.py:55-79)
+        rows = (rows * topk_weights.to(torch.float32).unsqueeze(-1)).to(cfg.intermediate_dtype).to(torch.float32)
+        return combine.topk_sum(rows, torch.ones_like(topk_weights, dtype=torch.float32), cfg.fused_combine)
+    return combine.topk_sum(rows, topk_weights, cfg.fused_combine)
 
 
 def _with_weights(work, experts: Experts, plan: GemmPlan, overlap: torch.device | None):

@@ -81,7 +81,9 @@ class EmulatedInterleavedMx(Combines, Backend):
 
     def run(self, p: Experts, data: CaseData) -> torch.Tensor:
         c = data.case
-        cfg = MoEConfig(activation=c.swiglu, precision=Precision.KERNEL, intermediate_dtype=c.dtype)
+        # matmul_ogs's roundings (references.activations.Precision.TRITON_KERNELS): fc1 and its SwiGLU in fp32,
+        # one bf16 rounding; fc2 rows weighted, then rounded, then summed
+        cfg = MoEConfig(activation=c.swiglu, precision=Precision.TRITON_KERNELS, intermediate_dtype=c.dtype)
         routed = moe_forward(data.x, data.topk_ids, data.topk_weights, replace(p, order=GateUpOrder.INTERLEAVED), cfg)
         return self.combine(routed, data).to(c.dtype)
 
