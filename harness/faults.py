@@ -18,7 +18,7 @@ import torch
 
 from harness.backends.emulated import Combines, EmulatedAiterMxfp4, EmulatedInterleavedMx
 from harness.backends.emulated_cutlass import EmulatedFp8Block, EmulatedSm90W4A16
-from harness.cases import layer_output
+from harness.cases import as_returned, layer_output
 from references import formats as F
 from references.activations import swiglu
 from references.formats import Fp8Scale, ScaleMode
@@ -125,7 +125,7 @@ FAULTS: tuple[Fault, ...] = (
     # swiglu_limit not forwarded to silu_mul_fp8_quant: rare junk tokens
     Fault("silu-mul-quant-limit-dropped", FP8.activation_params, lambda self, data: replace(data.case.swiglu, limit=None),
           "the SwiGLU limit was not forwarded to the fused silu-mul-fp8-quant kernel", _has_limit),
-    Fault("rsf-applied-to-shared", Combines.combine, lambda self, routed, data: layer_output(routed, data, _rsf_on_both),
+    Fault("rsf-applied-to-shared", Combines.combine, lambda self, routed, data: layer_output(as_returned(routed, data), data, _rsf_on_both),
           "the routed scaling factor was applied to the shared expert too: rsf*(routed+shared)",
           needs=lambda c: c.shared_expert and c.routed_scaling_factor != 1.0),
     # DeepGEMM forced UE8M0 scales

@@ -134,3 +134,19 @@ def test_case_yaml_round_trip(name):
     from dataclasses import replace
     (c,) = load_cases(["cases"], name)
     assert replace(validate_case(case_to_yaml(c), "round trip"), file=c.file) == c
+
+
+def test_twins_combine_the_routed_sum_as_the_kernel_returns_it():
+    """A kernel returns its routed sum in bf16 and the caller adds rsf and the shared expert after:
+    the twins' combine rounds there too (as_returned); on a kernel's bf16 output it changes nothing."""
+    from harness.backends.emulated import Combines
+    from harness.cases import as_returned, layer_output
+    c = case(name="x", tokens=5, hidden=128, intermediate=64, experts=2, topk=1, shared_expert=True,
+             routed_scaling_factor=2.5)
+    d = make_inputs(c)
+    routed = torch.randn(5, 128, generator=torch.Generator().manual_seed(2))   # fp32 bits below bf16's
+    got = Combines().combine(routed, d)
+    assert torch.equal(got, layer_output(routed.to(torch.bfloat16).float(), d))
+    assert not torch.equal(got, layer_output(routed, d))
+    kernel_out = routed.to(torch.bfloat16).float()
+    assert torch.equal(as_returned(kernel_out, d), kernel_out)

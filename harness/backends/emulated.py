@@ -14,7 +14,7 @@ import torch
 
 from harness.backends.base import Backend, Level, Requirements
 from harness.backends.common import experts_in_order, pad_mx_experts, pad_tokens_hidden
-from harness.cases import CaseData, layer_output
+from harness.cases import CaseData, as_returned, layer_output
 from references.activations import Precision, SwigluParams
 from references.formats import WEIGHT_FORMATS, ActQuant, QTensor
 from references.layouts import GateUpOrder, aiter_shuffle_weight, aiter_unshuffle_weight
@@ -24,10 +24,11 @@ MXFP4, FP8_BLOCK = WEIGHT_FORMATS["mxfp4"], WEIGHT_FORMATS["fp8_block"]
 
 
 class Combines:
-    """The caller-side combine every contract shares: ``rsf * routed + shared``."""
+    """The caller-side combine every contract shares: ``rsf * routed + shared``, on the routed sum as the
+    kernel returns it (``harness.cases.as_returned``: in bf16, so a twin rounds where its kernel does)."""
 
     def combine(self, routed: torch.Tensor, data: CaseData) -> torch.Tensor:
-        return layer_output(routed, data)
+        return layer_output(as_returned(routed, data), data)
 
 
 @dataclass

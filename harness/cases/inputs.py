@@ -163,6 +163,14 @@ def make_inputs(case: Case, device: str | torch.device = "cpu") -> CaseData:
 Combine = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
 
 
+def as_returned(routed: torch.Tensor, data: CaseData) -> torch.Tensor:
+    """The routed sum as a MoE kernel returns it to its caller: in the activation dtype (FlashInfer's
+    ``finalizeMoeRoutingKernel`` writes OutputType, cutlass_fused_moe_kernels.cuh:2033-2034 at 0.7.2.post1;
+    triton_kernels' reduce stores the output dtype, reduce.py:95 at v3.6.0), before the caller adds the
+    shared expert and applies the routed scaling factor. Exact for an output that already is bf16."""
+    return routed.to(data.case.dtype).to(torch.float32)
+
+
 def layer_output(routed: torch.Tensor, data: CaseData, combine: Combine = combine_shared) -> torch.Tensor:
     """The layer output from the routed experts' sum: ``rsf * routed + shared`` (the caller-side
     combine kernels leave to the framework); ``combine`` replaces the rule (fault hypotheses)."""
