@@ -39,6 +39,7 @@ import torch
 from harness.probes.base import ProbeResult
 from references.activations import GPT_OSS, Precision, SwigluParams, swiglu
 from references.formats import TRTLLM, Fp8Scale
+from references.formats.bits import float_to_ordered_int
 from references.formats.fp8 import _fp8_scale
 
 # FlashInfer gen_jit_spec's defaults for the fused_moe_90 module (jit/core.py:736-764 at 0.7.2.post1)
@@ -125,6 +126,7 @@ int main(int argc, char** argv) {
 """
 
 E4M3_MAX = 448.0
+SCALE_CASE = "probe:fp8 activation scale under nvcc -use_fast_math (FlashInfer scale_1x128_kernel)"
 
 
 def nvcc() -> str | None:
@@ -213,7 +215,7 @@ def compare(a: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, inv: torch.Te
 
 
 def verdict(stats: dict, arch: str) -> ProbeResult:
-    case = "probe:fp8 activation scale under nvcc -use_fast_math (FlashInfer scale_1x128_kernel)"
+    case = SCALE_CASE
     n = stats["amax_values"]
     twin, exact = stats["twin"], stats["correctly-rounded"]
     metrics = {"amax_values": n, **{f"{m.replace('-', '_')}_{k}": stats[m][k] for m in MODELS for k in stats[m]}}
@@ -292,10 +294,7 @@ def twin_swiglu(g: torch.Tensor, u: torch.Tensor, params: SwigluParams) -> torch
 
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """|a - b| in bf16 ULPs (ordinal distance of the bit patterns; -0 and +0 are 0 apart)."""
-    def ordinal(t):
-        i = t.view(torch.int16).to(torch.int32)
-        return torch.where(i < 0, -(i & 0x7FFF), i)
-    return (ordinal(a) - ordinal(b)).abs()
+    return (float_to_ordered_int(a) - float_to_ordered_int(b)).abs()
 
 
 def swiglu_compare(g: torch.Tensor, u: torch.Tensor, kernel: torch.Tensor, params: SwigluParams) -> dict:
@@ -326,7 +325,7 @@ def swiglu_verdict(stats: dict, name: str, arch: str) -> ProbeResult:
 
 def fast_math_probe(device) -> list[ProbeResult]:
     compiler = nvcc()
-    case = "probe:fp8 activation scale under nvcc -use_fast_math (FlashInfer scale_1x128_kernel)"
+    case = SCALE_CASE
     if compiler is None:
         return [ProbeResult(case, "skipped", "needs nvcc (CUDA_HOME/bin/nvcc or on PATH), found none")]
     cap = torch.cuda.get_device_capability(device)
