@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.backends.registry import load_backends
 from harness.cases import CaseContext, load_cases
-from harness.compare import compute_metrics
+from harness.verdicts import twin_rel_l2
 
 
 def fidelity(result_files: list[str], max_weights: float) -> list[dict]:
@@ -45,9 +45,7 @@ def fidelity(result_files: list[str], max_weights: float) -> list[dict]:
                 continue
             ctx = ctxs.setdefault(c.name, CaseContext(c, "cpu"))
             data, _ = ctx.ensure()
-            twin = b.family.twin()
-            ref = ctx.reference_with(**b.reference_kw)
-            row["twin_rel_l2_now"] = compute_metrics(twin.run(twin.prepare(data, "cpu"), data), ref, c.limits).rel_l2
+            row["twin_rel_l2_now"] = twin_rel_l2(b, data, ctx.reference_with(**b.reference_kw), "cpu")
             out.append(row)
     return out
 

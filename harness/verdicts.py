@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from harness.backends.base import Backend
-from harness.cases import CaseContext
+from harness.cases import CaseContext, CaseData
 from harness.compare import BUDGET_FLOOR, compare_bits, compute_metrics, judge, other_verdicts
 from harness.results import ResultRow, Status
 
@@ -28,14 +28,19 @@ def judge_row(row: ResultRow, backend: Backend, ctx: CaseContext, outs: list[tor
         _judge_repeats(row, outs, backend)
 
 
+def twin_rel_l2(backend: Backend, data: CaseData, ref: torch.Tensor, device: str) -> float:
+    """The rel_l2 of ``backend``'s emulated twin (its family's) on ``data`` against ``ref``: the budget."""
+    twin = backend.family.twin()
+    return compute_metrics(twin.run(twin.prepare(data, device), data), ref, data.case.limits).rel_l2
+
+
 def _judge_budget(row: ResultRow, backend: Backend, ctx: CaseContext, rel_l2: float, ref: torch.Tensor) -> None:
     """The twin's rel_l2 on the same case (against the row's reference) is the budget; above
     ``budget_k`` x budget is a precision regression."""
-    twin = backend.family.twin()
     data, _ = ctx.ensure()
-    twin_rel = compute_metrics(twin.run(twin.prepare(data, ctx.device), data), ref, ctx.case.limits).rel_l2
+    twin_rel = twin_rel_l2(backend, data, ref, ctx.device)
     limit = backend.budget_k * max(twin_rel, BUDGET_FLOOR)
-    row.budget = {"twin": twin.name, "twin_rel_l2": twin_rel, "k": backend.budget_k, "limit": limit,
+    row.budget = {"twin": backend.family.twin.name, "twin_rel_l2": twin_rel, "k": backend.budget_k, "limit": limit,
                   "ratio": rel_l2 / max(twin_rel, BUDGET_FLOOR)}
     if rel_l2 > limit and row.status is Status.PASS:
         row.status, row.failure = Status.FAIL, "precision"
