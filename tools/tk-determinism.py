@@ -88,19 +88,16 @@ def poisoned_tail(scale, pad: int = 1 << 16):
 
 
 def poison_experiment(backend, data, p) -> None:
-    matmul_ogs = TK.attr("triton_kernels.matmul_ogs", "matmul_ogs")
-    x = data.x.to(torch.bfloat16).contiguous()
-    rd, gi, _ = backend.routing(data)
+    fc1 = stages(backend, data, p)["fc1 (fixed metadata)"]
 
-    def fc1():
-        out = matmul_ogs(x=x, w=p.w1, bias=p.b1, routing_data=rd, gather_indx=gi, precision_config=p.pc1,
-                         fused_activation=backend.swiglu(data))
+    def run():
+        (out,) = fc1()
         torch.cuda.synchronize()
         return out
-    clean = fc1()
+    clean = run()
     original = poisoned_tail(p.pc1.weight_scale)
     try:
-        dirty = fc1()
+        dirty = run()
     finally:
         p.pc1.weight_scale.storage.data = original
     nan_clean, nan_dirty = int(clean.isnan().sum()), int(dirty.isnan().sum())
