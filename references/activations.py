@@ -21,7 +21,7 @@ import torch
 
 
 class Precision(enum.Enum):
-    """FP32: everything in fp32. KERNEL, CUTLASS: kernels' roundings (see the module docstring)."""
+    """FP32: everything in fp32. KERNEL, CUTLASS, TRITON_KERNELS: kernels' roundings (see the module docstring)."""
 
     FP32 = "fp32"
     KERNEL = "kernel"

@@ -101,9 +101,14 @@ def _routed(x, topk_ids, topk_weights, experts: Experts, cfg: MoEConfig, plan: G
     if cfg.precision is Precision.TRITON_KERNELS and cfg.intermediate_dtype is not None:
         # triton_kernels v3.6.0: fc2's epilogue multiplies each row by its gamma (routing weight) and stores it
         # in the output dtype (_matmul_ogs.py:420-421, 472); reduce sums the k rows in fp32 (reduce.py:55-79)
-        rows = (rows * topk_weights.to(torch.float32).unsqueeze(-1)).to(cfg.intermediate_dtype).to(torch.float32)
+        rows = _stored(rows * topk_weights.to(torch.float32).unsqueeze(-1), cfg.intermediate_dtype)
         return combine.topk_sum(rows, torch.ones_like(topk_weights, dtype=torch.float32), cfg.fused_combine)
     return combine.topk_sum(rows, topk_weights, cfg.fused_combine)
+
+
+def _stored(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as a kernel writes it in ``dtype``, read back in fp32."""
+    return t.to(dtype).to(torch.float32)
 
 
 def _with_weights(work, experts: Experts, plan: GemmPlan, overlap: torch.device | None):
@@ -167,7 +172,7 @@ def _expert_ffn(xe, w1e, w2e, experts: Experts, ids: torch.Tensor, cfg: MoEConfi
     if cfg.precision is Precision.CUTLASS and cfg.intermediate_dtype is not None:
         # TRT-LLM / FlashInfer cutlass MoE: the fc1 GEMM writes bf16; doActivationKernel adds the bias and
         # computes the activation in fp32, rounding once (FlashInfer 0.7.2.post1 cutlass_fused_moe_kernels.cuh:2480-2589)
-        h = h.to(cfg.intermediate_dtype).to(torch.float32)
+        h = _stored(h, cfg.intermediate_dtype)
     a = _fused_between(h, experts, ids, cfg)   # b1 added inside
     if a is None:
         if experts.b1 is not None:
@@ -178,7 +183,7 @@ def _expert_ffn(xe, w1e, w2e, experts: Experts, ids: torch.Tensor, cfg: MoEConfi
     if cfg.precision is Precision.CUTLASS and cfg.intermediate_dtype is not None:
         # the fc2 GEMM writes bf16 too; finalizeMoeRoutingKernel adds the bias and sums the top-k in fp32
         # (FlashInfer 0.7.2.post1 cutlass_fused_moe_kernels.cuh:1965-2040, 3411)
-        y = y.to(cfg.intermediate_dtype).to(torch.float32)
+        y = _stored(y, cfg.intermediate_dtype)
     if experts.b2 is not None:
         y = y + experts.b2.index_select(0, ids).to(torch.float32).unsqueeze(-2)
     return y
