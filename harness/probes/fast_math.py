@@ -266,14 +266,14 @@ def _bits16(t: torch.Tensor) -> bytes:
     return t.contiguous().view(torch.int16).numpy().tobytes()
 
 
-def scale_probe(exe: Path, device) -> tuple[dict, torch.Tensor, torch.Tensor]:
+def scale_probe(exe: Path, device) -> dict:
     a, x = inputs()
     n = a.numel()
     raw = _run(exe, "scale", np.int32(n).tobytes() + _bits16(a) + _bits16(x), device)
     scale = torch.frombuffer(bytearray(raw[:4 * n]), dtype=torch.float32)
     inv = torch.frombuffer(bytearray(raw[4 * n:8 * n]), dtype=torch.float32)
     q = torch.frombuffer(bytearray(raw[8 * n:9 * n]), dtype=torch.uint8)
-    return compare(a, x, scale, inv, q), scale, inv
+    return compare(a, x, scale, inv, q)
 
 
 SWIGLU = {"plain": SwigluParams(), "gpt-oss": GPT_OSS}
@@ -333,7 +333,7 @@ def fast_math_probe(device) -> list[ProbeResult]:
     if exe is None:
         return [ProbeResult(case, "error", f"nvcc failed: {error}")]
     arch = f"sm_{cap[0]}{cap[1]}, {Path(compiler).name} {' '.join(FLAGS)}"
-    stats, _, _ = scale_probe(exe, device)
+    stats = scale_probe(exe, device)
     stats["ptx"] = ptx_ops(compiler, cap)
     out = [verdict(stats, arch)]
     g, u = swiglu_inputs()
