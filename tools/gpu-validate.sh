@@ -15,7 +15,7 @@
 #   reference         issue 16 in one step: the reference's GPU and fused-kernel tests (and its quantizers'
 #                     bits, CPU against CUDA), its host phases
 #                     (benchmarks/host_overhead.py, with cProfile), the side-by-side benchmark with the
-#                     variants overlap / eager-combine / eager-act / dequant, and the forward's kernel profile
+#                     variants overlap / eager-combine / eager-act / dequant, and the forward's kernel profile at both layers
 #   cmd=SHELL         any command (a repro), output in steps.log
 #   T=SECS            wall-clock limit for each following step (0: none; default 0)
 set -u
@@ -69,7 +69,8 @@ for s in "$@"; do
       _step reference-host python3 benchmarks/host_overhead.py --tokens 128,4096 --reps 8 --cprofile 25 --out "$WORK/host.json"
       _step reference-bench python3 benchmarks/bench_reference.py --device cuda --variants overlap,eager-combine,eager-act,dequant \
         --out "$WORK/bench.json"
-      _step reference-profile python3 benchmarks/profile_reference.py --out "$WORK/profile.json" ;;
+      _step reference-profile python3 benchmarks/profile_reference.py --out "$WORK/profile.json"
+      _step reference-profile-dsv4 python3 benchmarks/profile_reference.py --config deepseek-v4-flash --out "$WORK/profile-dsv4.json" ;;
     cmd=*) _step cmd bash -c "${s#cmd=}" ;;
     *) echo "unknown step $s" | tee -a "$LOG"; exit 2 ;;
   esac
