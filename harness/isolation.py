@@ -23,6 +23,8 @@ import os
 import queue
 import re
 import signal
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -47,8 +49,14 @@ class Task:
     rules: tuple = ("moeacc",)  # compare rules recorded (the first decides)
 
 
-def _worker_main(inbox, outbox, gpu: int | None) -> None:
-    """Worker loop: run tasks; report ``("start", case, backend)``, ``("row", ResultRow)``, ``("done",)``."""
+def _worker_main(inbox, outbox, gpu: int | None, errlog: str | None = None) -> None:
+    """Worker loop: run tasks; report ``("start", case, backend)``, ``("row", ResultRow)``, ``("done",)``.
+    Its standard error (fd 2: Python's, the dynamic loader's, a library's) goes to ``errlog``, which the
+    parent copies to its own and reads the cause of a death from."""
+    if errlog is not None:
+        fd = os.open(errlog, os.O_WRONLY | os.O_APPEND)
+        os.dup2(fd, 2)
+        os.close(fd)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     from harness.backends.registry import select_backends
@@ -69,7 +77,8 @@ def _worker_main(inbox, outbox, gpu: int | None) -> None:
         poisoned = []
 
         def on_start(case, backend):
-            outbox.send(("start", case.name, backend.name))
+            sys.stderr.flush()   # where this row's standard error starts in the worker's log
+            outbox.send(("start", case.name, backend.name, os.fstat(2).st_size if errlog is not None else 0))
 
         def on_row(row):
             outbox.send(("row", row))
@@ -83,15 +92,19 @@ def _worker_main(inbox, outbox, gpu: int | None) -> None:
             return  # exit: the CUDA context is not to be trusted after a sticky error
 
 
-def death_cause(exitcode: int | None) -> str:
+def death_cause(exitcode: int | None, last_err: str = "") -> str:
+    """One line: how the worker ended, and the last line it wrote to standard error while the row ran
+    (``worker exited with code 127: ...: symbol lookup error: fused_moe_90.so: undefined symbol: cu...``)."""
     if exitcode is None:
-        return "worker died"
-    if exitcode < 0:
+        why = "worker died"
+    elif exitcode < 0:
         try:
-            return f"worker died: signal {-exitcode} ({signal.Signals(-exitcode).name})"
+            why = f"worker died: signal {-exitcode} ({signal.Signals(-exitcode).name})"
         except ValueError:
-            return f"worker died: signal {-exitcode}"
-    return f"worker exited with code {exitcode}"
+            why = f"worker died: signal {-exitcode}"
+    else:
+        why = f"worker exited with code {exitcode}"
+    return f"{why}: {' '.join(last_err.split())[:300]}" if last_err else why
 
 
 @dataclass
@@ -102,13 +115,49 @@ class Worker:
     inbox: object = None
     outbox: object = None
     restarts: int = 0
+    errlog: str | None = None     # the worker's standard error, copied to ours as it comes
+    err_at: int = 0               # how much of it has been copied
+    row_at: int = 0               # where the running row's part of it starts
 
     def start(self) -> None:
         self.inbox = self.ctx.Queue()
         self.outbox, writer = self.ctx.Pipe(duplex=False)
-        self.proc = self.ctx.Process(target=_worker_main, args=(self.inbox, writer, self.gpu), daemon=True)
+        fd, self.errlog = tempfile.mkstemp(prefix="moeacc-worker-", suffix=".err")
+        os.close(fd)
+        self.err_at = self.row_at = 0
+        self.proc = self.ctx.Process(target=_worker_main, args=(self.inbox, writer, self.gpu, self.errlog), daemon=True)
         self.proc.start()
         writer.close()  # the worker holds the only writer: its death reads as end of file here
+
+    def _read(self, start: int) -> bytes:
+        try:
+            with open(self.errlog, "rb") as f:
+                f.seek(start)
+                return f.read()
+        except (OSError, TypeError):
+            return b""
+
+    def copy_stderr(self) -> None:
+        """Copy what the worker wrote to standard error since the last call to ours."""
+        new = self._read(self.err_at)
+        if new:
+            self.err_at += len(new)
+            sys.stderr.write(new.decode(errors="replace"))
+            sys.stderr.flush()
+
+    def row_stderr(self) -> str:
+        """The last non-empty line the worker wrote to standard error since the running row started."""
+        lines = [ln for ln in self._read(self.row_at).decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else ""
+
+    def drop_stderr(self) -> None:
+        self.copy_stderr()
+        if self.errlog is not None:
+            try:
+                os.unlink(self.errlog)
+            except OSError:
+                pass
+            self.errlog = None
 
     def receive(self, timeout: float):
         """The worker's next message, or None (none within ``timeout``, or the worker is gone)."""
@@ -123,6 +172,7 @@ class Worker:
             self.proc.kill()
         if self.proc is not None:
             self.proc.join(timeout=30)
+        self.drop_stderr()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.is_alive():
@@ -205,9 +255,11 @@ def run_isolated(tasks: list[Task], on_row: Callable[[ResultRow], None], new_row
 def _poll(w: Worker, run: _Running, emit, new_row, timeout, todo) -> bool:
     """Drain one worker's messages; handle death and timeouts. True when its task is finished."""
     msg = w.receive(0.05)
+    w.copy_stderr()
     if msg is not None:
         if msg[0] == "start":
             run.current, run.started, run.started_any = msg[2], time.monotonic(), True
+            w.row_at = msg[3]
         elif msg[0] == "row":
             row = msg[1]
             row.attempt = {"worker_pid": w.proc.pid, "restarts": w.restarts}
@@ -225,8 +277,9 @@ def _poll(w: Worker, run: _Running, emit, new_row, timeout, todo) -> bool:
     overran = timeout and run.current is not None and time.monotonic() - run.started > timeout
     if not overran and w.proc.is_alive():
         return False
+    last_err = "" if run.current is None else w.row_stderr()
     w.kill()
-    cause = f"timeout after {timeout:g} s" if overran else death_cause(w.proc.exitcode)
+    cause = f"timeout after {timeout:g} s" if overran else death_cause(w.proc.exitcode, last_err)
     if run.current is not None:
         row = _crash_row(run.task, run.current, cause, new_row)
         row.attempt = {"worker_pid": w.proc.pid, "restarts": w.restarts, "exitcode": w.proc.exitcode}

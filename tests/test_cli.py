@@ -155,3 +155,19 @@ def test_a_failed_flashinfer_build_names_the_first_compiler_error():
            "fatal error: cublasLt.h: No such file or directory\ncompilation terminated.\n")
     assert _first_compiler_error(log) == "cudaUtils.h:19: fatal error: cublasLt.h: No such file or directory"
     assert _first_compiler_error("ninja: no work to do") is None
+
+
+def test_rule_all_lists_each_rule_once():
+    from harness.cli.common import parse_rules
+    from harness.compare import RULE_NAMES
+    assert parse_rules(("all",)) == ("moeacc", *[r for r in RULE_NAMES if r != "moeacc"])
+    assert parse_rules(("vllm", "all"))[0] == "vllm" and sorted(parse_rules(("vllm", "all"))) == sorted(RULE_NAMES)
+
+
+def test_fuzz_replay_path_outside_here_is_absolute_and_scrubbed(tmp_path, monkeypatch):
+    from harness.fuzz.engine import _shown
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert _shown(tmp_path / "here" / "r.yaml") == "r.yaml"
+    out = _shown(tmp_path / "elsewhere" / "r.yaml")
+    assert not out.startswith("..") and out.endswith("elsewhere/r.yaml") and str(tmp_path) not in out

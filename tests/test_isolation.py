@@ -58,10 +58,13 @@ def test_every_crash_costs_only_its_own_row(tmp_path):
     assert r.returncode == 1, r.stderr[-2000:]
     got = {x["backend"]: x for x in rows(tmp_path / "rep" / "cpu" / "x")}
     assert {b: x["status"] for b, x in got.items()} == {
-        "crashy-segv": "error", "crashy-abort": "error", "crashy-hang": "error", "crashy-raise": "error",
+        "crashy-segv": "error", "crashy-abort": "error", "crashy-lookup": "error", "crashy-hang": "error", "crashy-raise": "error",
         "crashy-poison": "error", "crashy-healthy": "pass", "crashy-slow": "pass", "emulated-sm90-w4a16": "pass"}
     assert got["crashy-segv"]["message"] == "worker died: signal 11 (SIGSEGV)"
     assert got["crashy-abort"]["message"] == "worker died: signal 6 (SIGABRT)"
+    assert got["crashy-lookup"]["message"] == ("worker exited with code 127: python3: symbol lookup error: mod.so: "
+                                               "undefined symbol: cuLibraryLoadData")   # the loader's line, not just the code
+    assert "undefined symbol: cuLibraryLoadData" in r.stderr     # and the worker's stderr still reaches ours
     assert got["crashy-hang"]["message"] == "timeout after 5 s"
     assert got["crashy-raise"]["message"] == "ValueError: kernel rejected the input"
     assert got["crashy-poison"]["message"] == "RuntimeError: CUDA error: an illegal memory access was encountered"

@@ -100,5 +100,6 @@ def parse_rules(rules) -> tuple:
     if not rules:
         return ("moeacc",)
     if "all" in rules:
-        return (rules[0] if rules[0] != "all" else "moeacc",) + tuple(r for r in RULE_NAMES if r != rules[0])
+        first = rules[0] if rules[0] != "all" else "moeacc"
+        return (first,) + tuple(r for r in RULE_NAMES if r != first)
     return tuple(dict.fromkeys(rules))

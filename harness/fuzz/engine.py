@@ -187,6 +187,13 @@ def _confirm(failing: dict, ex: Executor, opts: FuzzOptions, note: str) -> list[
     return out
 
 
+def _shown(p: Path) -> str:
+    """``p`` for a command line: relative to here when under here, else absolute with the machine's
+    prefixes named (``~/out/...``; a relative path out of here would splice them into ``../..~/out``)."""
+    rel = os.path.relpath(p)
+    return rel if not rel.startswith("..") else scrub_text(str(Path(p).resolve()))
+
+
 def _write(report: FuzzReport, opts: FuzzOptions) -> None:
     out = Path(opts.out)
     for n, f in enumerate(report.findings, 1):
@@ -199,7 +206,7 @@ def _write(report: FuzzReport, opts: FuzzOptions) -> None:
         diag = (f.row.diagnosis or {}).get("conclusion")
         (out / f.repro).write_text(f"# {f.kind}{' (flaky)' if f.flaky else ''}: {f.row.message[:300]}\n"
                                    + (f"# diagnosis: {diag}\n" if diag else "")
-                                   + f"# replay: moeacc check --cases {scrub_text(os.path.relpath(out / f.repro))} --backend {report.backend}\n"
+                                   + f"# replay: moeacc check --cases {_shown(out / f.repro)} --backend {report.backend}\n"
                                    + text)
     summary = {"backend": report.backend, "examples": report.examples, "seconds": report.seconds,
                "profile": opts.profile, "seed": opts.seed, "repeat": opts.repeat, "stopped_by_time": report.stopped_by_time,

@@ -33,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 TRIMMED_SUFFIX = "_moeacc"
@@ -96,8 +98,34 @@ def select_sources(sources: list[Path]) -> list[Path]:
 
 
 def prebuilt_so(name: str) -> Path | None:
+    """``$MOEACC_FLASHINFER_PREBUILT/<name>/<name>.so`` (None when unset); raises, naming the file, for one
+    that would kill the process at its first driver call (:func:`driver_link_problem`)."""
     d = os.environ.get("MOEACC_FLASHINFER_PREBUILT")
-    return Path(d) / name / f"{name}.so" if d else None
+    if not d:
+        return None
+    p = Path(d) / name / f"{name}.so"
+    why = driver_link_problem(p) if p.exists() else None
+    if why is not None:
+        raise RuntimeError(f"MOEACC_FLASHINFER_PREBUILT: {why}")
+    return p
+
+
+def driver_link_problem(so: Path) -> str | None:
+    """Why ``so`` would die with ``symbol lookup error`` at its first CUDA driver call: driver symbols
+    (``cu*``) undefined while ``libcuda.so.1`` is not among its needed libraries, which is what linking
+    ``-lcuda`` against a stub without symbols gives (the linker drops it as not needed). None when fine,
+    or when ``readelf`` is not there to tell."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return None
+    out = subprocess.run([readelf, "-dW", "--dyn-syms", str(so)], capture_output=True, text=True, timeout=60).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+    undefined = sorted(set(re.findall(r"\sUND\s+(cu[A-Z]\w*)", out)))
+    if undefined and not any(n.startswith("libcuda.so") for n in needed):
+        return (f"{so.name} calls the CUDA driver ({', '.join(undefined[:3])}{', ...' if len(undefined) > 3 else ''}) "
+                "but does not link libcuda.so.1 (built against a libcuda stub without symbols?): link the toolkit's "
+                "lib64/stubs/libcuda.so, or add it with `patchelf --add-needed libcuda.so.1`")
+    return None
 
 
 def trim_spec(spec):
@@ -135,4 +163,8 @@ def build(arch: str = "9.0a", jobs: int | None = None, verbose: bool = False) ->
     from flashinfer.jit.fused_moe import gen_cutlass_fused_moe_sm90_module
     spec = trim_spec(gen_cutlass_fused_moe_sm90_module())
     spec.build(verbose)
-    return Path(spec.jit_library_path)
+    so = Path(spec.jit_library_path)
+    why = driver_link_problem(so)
+    if why is not None:
+        raise RuntimeError(why)
+    return so

@@ -1,6 +1,6 @@
 """A backend plugin package as a kernel library would ship one (entry points in the
 ``moe_accuracy.backends`` group, found through its ``.dist-info``), whose kernels crash in every
-way a real one can: segfault, abort, hang, raise, poison the CUDA context. Used by
+way a real one can: segfault, abort, an unresolved symbol, hang, raise, poison the CUDA context. Used by
 tests/test_isolation.py with this folder on PYTHONPATH; never installed."""
 
 import ctypes
@@ -33,6 +33,16 @@ class Abort(_Crashy):
 
     def crash(self):
         os.abort()
+
+
+class SymbolLookup(_Crashy):
+    """As a module linked without libcuda dies at its first driver call: the dynamic loader's line, exit 127."""
+
+    name = "crashy-lookup"
+
+    def crash(self):
+        os.write(2, b"python3: symbol lookup error: mod.so: undefined symbol: cuLibraryLoadData\n")
+        os._exit(127)
 
 
 class Hang(_Crashy):
