@@ -141,3 +141,25 @@ def test_probe_glue_with_a_stand_in_program(monkeypatch, tmp_path):
     rows = fm.fast_math_probe("cuda:0")
     assert [r.status for r in rows] == ["pass", "pass", "pass"], [r.message for r in rows]
     assert "gpt-oss" in rows[2].case and rows[1].metrics["outputs"] == 65280
+
+
+def test_nan_codes_of_either_sign_follow_the_scale(data):
+    """Below amax = 448 / FLT_MAX the scale is inf and x = 0 makes a NaN code whose sign the CPU and the GPU
+    choose differently (x86's default NaN is negative): not a rounding difference."""
+    a, x = data
+    s, v, q = _measured(a, x, "twin")
+    nan = fm.is_nan_code(q)
+    assert int(nan.sum()) > 0 and int((~torch.isfinite(s) & (a.float() >= torch.finfo(torch.float32).tiny)).sum()) > 0
+    q[nan] ^= 0x80
+    st = fm.compare(a, x, s, v, q)
+    assert st["codes_follow_scale_by_rn"] and st["codes_off_rn"] == 0 and st["infinite_scales"] > 0
+
+
+def test_a_code_off_rn_is_shown(data):
+    a, x = data
+    s, v, q = _measured(a, x, "twin")
+    i = int((x.float().abs() > 1).nonzero()[0])
+    q[i] ^= 1
+    st = fm.compare(a, x, s, v, q)
+    assert st["codes_off_rn"] == 1 and st["codes_off_rn_examples"][0]["x"] == float(x[i])
+    assert "1 off, e.g. amax" in fm.verdict(st, "sm_90").message
