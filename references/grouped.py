@@ -15,7 +15,6 @@ enqueued without waiting on the device and without index kernels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -28,12 +27,30 @@ import torch
 SPLIT_ROWS = 4096
 
 
-@dataclass(frozen=True)
 class Batch:
-    experts: torch.Tensor   # [B] expert ids (int64; an expert split into slices appears once per slice)
-    tokens: torch.Tensor    # [B, P] the token of each row; T (one past the last) for padding
-    slots: torch.Tensor     # [B, P] flat (token, slot) index into topk_ids.reshape(-1); T * k for padding
-    pad_slot: int           # T * k
+    """``experts [B]`` (int64 expert ids; an expert split into slices appears once per slice), each with
+    ``rows_per_expert`` (P) rows: ``tokens [B, P]`` (the token of each row; T, one past the last, for
+    padding) and ``slots [B, P]`` (flat (token, slot) index into ``topk_ids.reshape(-1)``; ``pad_slot`` =
+    T * k for padding). ``rows_of`` gives (tokens, slots) when they are first read: the first batch's
+    experts go to the device before its rows are worked out, so its weights are decoded meanwhile."""
+
+    def __init__(self, experts: torch.Tensor, rows_per_expert: int, pad_slot: int,
+                 rows_of: Callable[[], tuple[torch.Tensor, torch.Tensor]]):
+        self.experts, self.rows_per_expert, self.pad_slot = experts, rows_per_expert, pad_slot
+        self._rows_of, self._rows = rows_of, None
+
+    def _tokens_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rows is None:
+            self._rows, self._rows_of = self._rows_of(), None
+        return self._rows
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return self._tokens_slots()[0]
+
+    @property
+    def slots(self) -> torch.Tensor:
+        return self._tokens_slots()[1]
 
     @property
     def rows(self) -> torch.Tensor:
@@ -67,10 +84,15 @@ def batches(topk_ids: torch.Tensor, num_experts: int, max_rows: int, max_experts
         plan += [(int(q), group[g0:g0 + step]) for g0 in range(0, len(group), step)]
     plan.sort(key=lambda pg: -pg[0] * len(pg[1]))   # most rows first: the device's first batch is long, so the host gets ahead
     if len(plan) > 1 and flat.size >= SPLIT_ROWS:
-        # the first batch from its own experts' rows (a sort of those alone), sent on its own: the device
-        # starts on it while the host sorts every row for the rest
-        head_first, head_order = _head_rows(flat, counts, e, first, plan[0][1])
-        yield from _batches(plan[:1], e, head_first, n, head_order, t, k, device)
+        # the first batch on its own: its experts sent at once (the caller decodes their weights while the
+        # host works out the rows), its rows from its own experts' rows (a sort of those alone) when first
+        # read; the device starts on it while the host sorts every row for the rest
+        q, g = plan[0]
+
+        def head_rows():
+            head_first, head_order = _head_rows(flat, counts, e, first, g)
+            return _rows(g, q, head_first, n, head_order, t, k, device)
+        yield Batch(_to_device([e[g]], device, "experts"), int(q), t * k, head_rows)
         plan = plan[1:]
     yield from _batches(plan, e, first, n, _sorted_rows(flat, num_experts), t, k, device)
 
@@ -120,30 +142,42 @@ def _batches(plan, e, first, n, order, t: int, k: int, device: torch.device):
         return
     sl = np.concatenate([g for _, g in plan])            # slices in batch order
     per = np.repeat(np.array([q for q, _ in plan]), [len(g) for _, g in plan])   # their padded rows
-    col = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
-    i = np.where(col < np.repeat(n[sl], per), np.repeat(first[sl], per) + col, len(order))
-    slots = np.append(order, t * k).take(i)              # padding: one past the last slot
-    tokens = slots // k                                  # slot s is token s // k; padding: t, one past the last
-    dev = _to_device([e[sl], tokens, slots], device)
+    slots = _slots(sl, per, first, n, order, t * k)
+    dev = _to_device([e[sl], slots // k, slots], device)   # slot s is token s // k; padding: t, one past the last
     ne, nr, a, r0 = len(sl), len(slots), 0, 0
     for q, g in plan:
         b = len(g)
-        yield Batch(dev[a:a + b], dev[ne + r0:ne + r0 + b * q].view(b, q),
-                    dev[ne + nr + r0:ne + nr + r0 + b * q].view(b, q), t * k)
+        rows = (dev[ne + r0:ne + r0 + b * q].view(b, q), dev[ne + nr + r0:ne + nr + r0 + b * q].view(b, q))
+        yield Batch(dev[a:a + b], int(q), t * k, lambda rows=rows: rows)
         a, r0 = a + b, r0 + b * q
 
 
-_STAGING: dict = {}   # str(device) -> (pinned int64 buffer, event after the last copy out of it)
+def _rows(g, q: int, first, n, order, t: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, slots) ``[len(g), q]`` of one batch's slices ``g`` on ``device``, as :func:`_batches` lays them."""
+    slots = _slots(g, np.full(len(g), q), first, n, order, t * k)
+    dev = _to_device([slots // k, slots], device)
+    return dev[:slots.size].view(len(g), q), dev[slots.size:].view(len(g), q)
 
 
-def _to_device(parts, device: torch.device) -> torch.Tensor:
-    """``parts`` (int64 numpy arrays) concatenated on ``device`` in one copy; to CUDA through one pinned
-    buffer kept between calls (pinning anew costs 0.3-0.5 ms of host time per forward on the H200
-    host, benchmarks/host_overhead.py), so the copy does not wait for the host either."""
+def _slots(sl, per, first, n, order, pad_slot: int) -> np.ndarray:
+    """The flat (token, slot) index of every row of the slices ``sl``, ``per`` padded rows each (slice i's
+    rows are ``order[first[i]:first[i] + n[i]]``), ``pad_slot`` for padding."""
+    col = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+    i = np.where(col < np.repeat(n[sl], per), np.repeat(first[sl], per) + col, len(order))
+    return np.append(order, pad_slot).take(i)
+
+
+_STAGING: dict = {}   # (str(device), buffer name) -> (pinned int64 buffer, event after the last copy out of it)
+
+
+def _to_device(parts, device: torch.device, buffer: str = "rows") -> torch.Tensor:
+    """``parts`` (int64 numpy arrays) concatenated on ``device`` in one copy; to CUDA through a pinned
+    buffer (one per ``buffer`` name) kept between calls (pinning anew costs 0.3-0.5 ms of host time per
+    forward on the H200 host, benchmarks/host_overhead.py), so the copy does not wait for the host either."""
     n = sum(len(p) for p in parts)
     if device.type != "cuda":
         return torch.from_numpy(np.concatenate(parts)).to(device)
-    key = str(device)
+    key = (str(device), buffer)
     buf, done = _STAGING.get(key, (None, None))
     if buf is None or buf.numel() < n:
         buf = torch.empty(max(n, 1024, 2 * (0 if buf is None else buf.numel())), dtype=torch.int64, pin_memory=True)

@@ -120,7 +120,7 @@ def _with_weights(work, experts: Experts, plan: GemmPlan, overlap: torch.device 
     on the stream that uses them, so the caching allocator does not hand them out early. Only the
     order of independent kernels changes, not one value."""
     def weights(b):
-        if plan.packs(b.slots.shape[1]):
+        if plan.packs(b.rows_per_expert):
             return PackedMx(experts.w1, b.experts), PackedMx(experts.w2, b.experts)
         return _dequant(experts, b.experts, plan)
     if overlap is None:
