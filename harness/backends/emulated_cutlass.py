@@ -14,7 +14,7 @@ from harness.backends.common import experts_in_order, pad_mx_experts, pad_tokens
 from harness.backends.emulated import FP8_BLOCK, MXFP4, Combines
 from harness.cases import CaseData
 from references.activations import Precision, SwigluParams
-from references.formats import DEEPGEMM_TEST, TRTLLM, WEIGHT_FORMATS, ActQuant, Fp8Rule, QTensor
+from references.formats import DEEPGEMM_TEST, TRTLLM, TRTLLM_SM90_FAST_MATH, WEIGHT_FORMATS, ActQuant, Fp8Rule, QTensor
 from references.layouts import GateUpOrder
 from references.moe import Experts, MoEConfig, moe_forward
 from references.sm90_mixed import LAYOUTS, Sm90Layout
@@ -139,6 +139,8 @@ class EmulatedFp8Block(Combines, Backend):
     kernel_order = GateUpOrder.GATE_UP   # the order the kernel reads fc1 rows in
     # how activations are quantized (references.formats.fp8.Fp8Rule): DeepGEMM's tests' per_token_cast_to_fp8
     act_rule: Fp8Rule = DEEPGEMM_TEST
+    # the rule the twin quantizes by, where the kernel's arithmetic differs from the library's rule (None: act_rule)
+    twin_act_rule: Fp8Rule | None = None
     # how the activation rounds: vLLM's silu_and_mul kernels (references.activations.Precision.KERNEL)
     precision: Precision = Precision.KERNEL
 
@@ -170,7 +172,8 @@ class EmulatedFp8Block(Combines, Backend):
     def run(self, p: Experts, data: CaseData) -> torch.Tensor:
         c = data.case
         cfg = MoEConfig(activation=self.activation_params(data), precision=self.precision,
-                        act_quant=self.activation_quant(data), act_rule=self.act_rule, intermediate_dtype=c.dtype)
+                        act_quant=self.activation_quant(data), act_rule=self.twin_act_rule or self.act_rule,
+                        intermediate_dtype=c.dtype)
         routed = moe_forward(data.x, data.topk_ids, data.topk_weights, replace(p, order=self.kernel_order), cfg)
         return self.combine(routed, data).to(c.dtype)
 
@@ -187,6 +190,9 @@ class EmulatedFp8BlockUpGate(EmulatedFp8Block):
     # fp8_blockscale_gemm_kernel.cuh:871, :988-999); both differences were found by fuzzing on the H100:
     # 1e-9 activations flushed by a 1e-4 floor (40% mismatch), saturated activations on e4m3 midpoints (3%)
     act_rule: Fp8Rule = TRTLLM
+    # and its fused_moe_90 build computes 448 / amax and 1 / scale with div.approx / rcp.approx (-use_fast_math),
+    # measured on sm90 by the fast-math probe (Findings 7; references/formats/fast_math_sm90.py)
+    twin_act_rule: Fp8Rule | None = TRTLLM_SM90_FAST_MATH
     # fc1 written as bf16, then bias and SwiGLU in fp32 rounded once (doActivationKernel, FlashInfer 0.7.2.post1
     # cutlass_fused_moe_kernels.cuh:2480-2589; 0.6.12 :2115-2254), not vLLM's silu_and_mul roundings
     precision: Precision = Precision.CUTLASS

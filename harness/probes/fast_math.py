@@ -8,12 +8,13 @@ Two pieces of its FP8 block-scale path turn approximate under it, and both feed 
   the group's amax as bf16, computes ``scale = 448.f / float(amax)`` (1 for a zero amax), stores
   ``1.f / scale`` and writes ``__nv_fp8_e4m3(float(x) * scale)``: nvcc 13.0 emits ``div.approx.ftz``,
   ``rcp.approx.ftz``, ``mul.ftz`` and ``cvt.rn.satfinite.e4m3x2`` (:func:`ptx_ops`). ``div.approx`` is
-  ``a * (1/b)`` with an approximate reciprocal (PTX ISA); the twin computes ``448 * RN(1 / amax)`` and
-  ``RN(1 / scale)`` (torch's ``448 / amax``, ``references.formats.fp8``): the same bits wherever the GPU's
-  reciprocal is correctly rounded. Measured on every positive finite bf16 amax, against the twin's own
-  ``_fp8_scale`` and, for comparison, correctly rounded division; the row fails while any scale differs.
-  It also checks the scale follows the exponent (then 128 bf16 mantissas determine it: the notes carry
-  that table, what a twin needs to reproduce the kernel) and that the codes follow the scale by RN.
+  ``a * (1/b)`` with an approximate reciprocal (PTX ISA), and on the H200 (2026-12-05) it differs from
+  torch's ``448 * RN(1 / amax)`` (what the reference computes) in 4671 of 32512 bf16 amax, following the
+  exponent exactly: the twin now uses the measured results for the 128 mantissas
+  (``references/formats/fast_math_sm90.py``). Measured on every positive finite bf16 amax, against that
+  twin (where its table applies), the reference's arithmetic and correctly rounded division; the row
+  fails while any of the twin's scales differs. It also checks the scale follows the exponent and that
+  the codes follow the scale by RN.
 - ``doActivationKernel``'s SwiGLU (``cutlass_fused_moe_kernels.cuh:2238-2262, 2480-2589`` at 0.7.2.post1;
   cutlass ``Sigmoid`` is ``1 / (1 + fast_exp(-z))``, ``epilogue/thread/activation.h:422-441``, with
   ``fast_exp`` = ``expf``, ``fast_math.h:877-879``): ``expf`` becomes ``ex2.approx`` and the division
@@ -25,132 +26,21 @@ Two pieces of its FP8 block-scale path turn approximate under it, and both feed 
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from harness.probes.base import ProbeResult
+from harness.probes.fast_math_program import FLAGS, SOURCE, _bits16, _run, arch_flag, binary, nvcc, ptx_ops  # noqa: F401
 from references.activations import GPT_OSS, Precision, SwigluParams, swiglu
-from references.formats import TRTLLM, Fp8Scale
+from references.formats import TRTLLM, TRTLLM_SM90_FAST_MATH, Fp8Scale
+from references.formats.fast_math_sm90 import sm90_fast_math_scale
 from references.formats.bits import float_to_ordered_int
 from references.formats.fp8 import _fp8_scale
 
-# FlashInfer gen_jit_spec's defaults for the fused_moe_90 module (jit/core.py:736-764 at 0.7.2.post1)
-FLAGS = ("-std=c++17", "-use_fast_math", "-O3", "-DNDEBUG")
-
-# The kernels' lines, one element per thread, and a main: `prog scale IN OUT` reads n, amax[n], x[n] (bf16
-# bits) and writes scale[n], inv[n] (fp32), q[n] (e4m3); `prog swiglu IN OUT` reads n, mode, alpha, beta,
-# limit, gate[n], up[n] and writes out[n] (bf16). scale: fp8_blockscale_gemm_kernel.cuh:988-999;
-# swiglu: cutlass_fused_moe_kernels.cuh:2238-2262 (GLUAdaptor<SiLu>, SwigluBiasAdaptor), 2572 (x token
-# scale, a runtime 1.0f), 2589 (bf16 store); cutlass activation.h:422-441, fast_math.h:877-879 (0.7.2.post1).
-SOURCE = r"""
-#include <cstdio>
-#include <cstdint>
-#include <cstring>
-#include <cmath>
-#include <vector>
-#include <cuda_bf16.h>
-#include <cuda_fp8.h>
-__global__ void scale_lines(const __nv_bfloat16* amaxs, const __nv_bfloat16* xs, float* scales, float* invs,
-                            __nv_fp8_e4m3* qs, int n) {
-  int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  __nv_bfloat16 amax = amaxs[i];
-  float scale = amax != __nv_bfloat16(0.f) ? 448.f / float(amax) : 1.f;
-  invs[i] = float(1.f / scale);
-  float value = float(xs[i]) * scale;
-  qs[i] = __nv_fp8_e4m3(value);
-  scales[i] = scale;
-}
-__device__ float sigmoid_(float z) { return 1.f / (1.f + expf(-z)); }
-__global__ void swiglu_lines(const __nv_bfloat16* gs, const __nv_bfloat16* us, __nv_bfloat16* outs, int n, int bias,
-                             float alpha, float beta, float limit, float token_scale) {
-  int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  float g = float(gs[i]), u = float(us[i]), out;
-  if (bias) {
-    float u_c = fmaxf(fminf(u, limit), -limit);
-    float g_c = fminf(g, limit);
-    out = g_c * sigmoid_(g_c * alpha) * (u_c + beta);
-  } else {
-    out = (g * sigmoid_(g)) * u;
-  }
-  outs[i] = __float2bfloat16_rn(out * token_scale);
-}
-static int fail(const char* what) { fprintf(stderr, "%s\n", what); return 2; }
-int main(int argc, char** argv) {
-  if (argc != 4) return fail("usage: prog scale|swiglu IN OUT");
-  FILE* f = fopen(argv[2], "rb");
-  int n = 0;
-  if (!f || fread(&n, 4, 1, f) != 1) return fail("cannot read n");
-  bool swiglu = strcmp(argv[1], "swiglu") == 0;
-  int bias = 0; float p[3] = {1.f, 0.f, INFINITY};
-  if (swiglu && (fread(&bias, 4, 1, f) != 1 || fread(p, 4, 3, f) != 3)) return fail("cannot read parameters");
-  std::vector<uint16_t> in(2 * (size_t)n);
-  if (fread(in.data(), 2, in.size(), f) != in.size()) return fail("cannot read inputs");
-  fclose(f);
-  __nv_bfloat16 *a, *x;
-  cudaMalloc(&a, 2 * n); cudaMalloc(&x, 2 * n);
-  cudaMemcpy(a, in.data(), 2 * n, cudaMemcpyHostToDevice);
-  cudaMemcpy(x, in.data() + n, 2 * n, cudaMemcpyHostToDevice);
-  FILE* o = fopen(argv[3], "wb");
-  if (!o) return fail("cannot write output");
-  if (swiglu) {
-    __nv_bfloat16* y; cudaMalloc(&y, 2 * n);
-    swiglu_lines<<<(n + 255) / 256, 256>>>(a, x, y, n, bias, p[0], p[1], p[2], 1.f);
-    std::vector<uint16_t> hy(n);
-    cudaError_t e = cudaMemcpy(hy.data(), y, 2 * n, cudaMemcpyDeviceToHost);
-    if (e != cudaSuccess) return fail(cudaGetErrorString(e));
-    fwrite(hy.data(), 2, n, o);
-  } else {
-    float *s, *v; __nv_fp8_e4m3* q;
-    cudaMalloc(&s, 4 * n); cudaMalloc(&v, 4 * n); cudaMalloc(&q, n);
-    scale_lines<<<(n + 255) / 256, 256>>>(a, x, s, v, q, n);
-    std::vector<float> hs(n), hv(n); std::vector<uint8_t> hq(n);
-    cudaMemcpy(hs.data(), s, 4 * n, cudaMemcpyDeviceToHost);
-    cudaMemcpy(hv.data(), v, 4 * n, cudaMemcpyDeviceToHost);
-    cudaError_t e = cudaMemcpy(hq.data(), q, n, cudaMemcpyDeviceToHost);
-    if (e != cudaSuccess) return fail(cudaGetErrorString(e));
-    fwrite(hs.data(), 4, n, o); fwrite(hv.data(), 4, n, o); fwrite(hq.data(), 1, n, o);
-  }
-  fclose(o);
-  return 0;
-}
-"""
-
 E4M3_MAX = 448.0
 SCALE_CASE = "probe:fp8 activation scale under nvcc -use_fast_math (FlashInfer scale_1x128_kernel)"
-
-
-def nvcc() -> str | None:
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
-    found = shutil.which("nvcc") or str(Path(home) / "bin" / "nvcc")
-    return found if Path(found).exists() else None
-
-
-def arch_flag(capability: tuple[int, int]) -> str:
-    """FlashInfer's gencode for sm90 (``sm90a_nvcc_flags``, jit/core.py:160-163); the plain arch elsewhere."""
-    cc = f"{capability[0]}{capability[1]}"
-    suffix = "a" if cc == "90" else ""
-    return f"-gencode=arch=compute_{cc}{suffix},code=sm_{cc}{suffix}"
-
-
-def ptx_ops(compiler: str, capability: tuple[int, int] = (9, 0), flags: tuple[str, ...] = FLAGS) -> list[str]:
-    """The floating-point PTX instructions nvcc emits for :data:`SOURCE`'s kernel with ``flags``."""
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "scale.cu"
-        src.write_text(SOURCE)
-        subprocess.run([compiler, *flags, arch_flag(capability), "-ptx", str(src), "-o", str(Path(d) / "scale.ptx")],
-                       check=True, capture_output=True, text=True, timeout=300)
-        ptx = (Path(d) / "scale.ptx").read_text()
-    return sorted(set(re.findall(r"\b((?:div|rcp|mul|fma|ex2|add|min|max)\.[a-z0-9.]*f32|cvt\.rn\.satfinite\.e4m3x2\.f32)", ptx)))
 
 
 def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,13 +52,17 @@ def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return a, (a.float() * u).to(torch.bfloat16)
 
 
-MODELS = ("twin", "correctly-rounded")
+# twin: the FlashInfer twin's rule (the measured sm90 table, references/formats/fast_math_sm90.py, where it
+# applies); rn-reciprocal: the library's rule as the reference computes it, 448 * RN(1 / amax)
+MODELS = ("twin", "rn-reciprocal", "correctly-rounded")
 
 
 def model(a: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, stored 1/scale) of ``a`` (bf16 amax) under the named model, fp32 on the CPU."""
     af = a.float().cpu()
     if name == "twin":
+        return _fp8_scale(af, Fp8Scale.FP32, TRTLLM_SM90_FAST_MATH)
+    if name == "rn-reciprocal":
         return _fp8_scale(af, Fp8Scale.FP32, TRTLLM)
     if name == "correctly-rounded":
         s = torch.full_like(af, E4M3_MAX) / af   # a tensor divisor: one rounding (references/formats/arith.py)
@@ -194,12 +88,14 @@ def compare(a: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, inv: torch.Te
     (FTZ flushes subnormal ones, which no real group has)."""
     normal = a.float() >= torch.finfo(torch.float32).tiny
     bits = lambda t: t.float().cpu().view(torch.int32)   # noqa: E731
-    out = {"amax_values": int(normal.sum())}
+    table = sm90_fast_math_scale(a.float().cpu())[0]   # where the twin's measured table applies
+    out = {"amax_values": int(normal.sum()), "twin_table_values": int((normal & table).sum())}
     for name in MODELS:
         s, v = model(a, name)
-        out[name] = {"scale_differs": int(((bits(s) != bits(scale)) & normal).sum()),
-                     "inv_differs": int(((bits(v) != bits(inv)) & normal).sum()),
-                     "codes_differ": int(((codes(x, s) != q.cpu()) & normal).sum())}
+        where = normal & table if name == "twin" else normal
+        out[name] = {"scale_differs": int(((bits(s) != bits(scale)) & where).sum()),
+                     "inv_differs": int(((bits(v) != bits(inv)) & where).sum()),
+                     "codes_differ": int(((codes(x, s) != q.cpu()) & where).sum())}
     # RN of x times the kernel's own scale, where that scale is finite (an amax below 448 / FLT_MAX makes it
     # inf, and x = 0 then gives a NaN code whose sign bit the CPU and the GPU choose differently)
     finite = normal & torch.isfinite(scale.cpu())
@@ -230,57 +126,24 @@ def compare(a: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, inv: torch.Te
 
 def verdict(stats: dict, arch: str) -> ProbeResult:
     case = SCALE_CASE
-    n = stats["amax_values"]
-    twin, exact = stats["twin"], stats["correctly-rounded"]
+    n, nt = stats["amax_values"], stats["twin_table_values"]
+    twin, rn, exact = stats["twin"], stats["rn-reciprocal"], stats["correctly-rounded"]
     metrics = {"amax_values": n, **{f"{m.replace('-', '_')}_{k}": stats[m][k] for m in MODELS for k in stats[m]}}
     ex = stats.get("codes_off_rn_examples") or []
-    tail = (f"correctly rounded division differs in {exact['scale_differs']} scales / {exact['inv_differs']} stored "
+    tail = (f"448 * RN(1 / amax) (the reference's) differs in {rn['scale_differs']} of {n} scales / {rn['inv_differs']} "
+            f"stored scales / {rn['codes_differ']} codes; "
+            f"correctly rounded division in {exact['scale_differs']} scales / {exact['inv_differs']} stored "
             f"scales / {exact['codes_differ']} codes; exponent-invariant: {stats['exponent_invariant']}; codes follow "
             f"the scale by RN: {stats['codes_follow_scale_by_rn']}"
             + (f" ({stats['codes_off_rn']} off, e.g. amax {ex[0]['amax']:.6g} x {ex[0]['x']:.6g}: kernel "
                f"{ex[0]['kernel_code']}, RN {ex[0]['rn_code']})" if ex else "") + f" ({arch})")
     if not any(twin.values()):
-        return ProbeResult(case, "pass", f"the twin's 448 * RN(1 / amax) reproduces the kernel's scales for all {n} "
-                           f"amax values; {tail}", metrics, stats)
+        return ProbeResult(case, "pass", f"the twin's measured sm90 scales reproduce the kernel's for all {nt} amax in "
+                           f"[2^-100, 2^100]; {tail}", metrics, stats)
     return ProbeResult(case, "fail", (
-        f"finding (our twin's contract, Findings 7): the twin's 448 * RN(1 / amax) differs from the kernel's arithmetic in "
-        f"{twin['scale_differs']} of {n} scales, {twin['inv_differs']} stored scales, {twin['codes_differ']} codes; {tail}"),
+        f"finding (our twin's contract, Findings 7): the twin's measured sm90 scales differ from this GPU's in "
+        f"{twin['scale_differs']} of {nt} scales, {twin['inv_differs']} stored scales, {twin['codes_differ']} codes; {tail}"),
         metrics, stats)
-
-
-def binary(compiler: str, capability: tuple[int, int]) -> tuple[Path | None, str]:
-    """The probe program for this GPU, built once per source, flags and arch under ``$MOEACC_CACHE_DIR``;
-    ``(path, "")`` or ``(None, first compiler error)``."""
-    from harness.backends.flashinfer.build import cache_dir
-    flags = (*FLAGS, arch_flag(capability))
-    key = hashlib.sha256("\0".join((SOURCE, compiler, *flags)).encode()).hexdigest()[:16]
-    exe = cache_dir() / "probes" / f"fast-math-{key}" / "fast-math"
-    if exe.exists():
-        return exe, ""
-    exe.parent.mkdir(parents=True, exist_ok=True)
-    src = exe.parent / "fast-math.cu"
-    src.write_text(SOURCE)
-    tmp = exe.with_suffix(".tmp")
-    build = subprocess.run([compiler, *flags, str(src), "-o", str(tmp)], capture_output=True, text=True, timeout=600)
-    if build.returncode:
-        return None, next((ln for ln in build.stderr.splitlines() if "error" in ln), build.stderr.strip()[:200])
-    tmp.replace(exe)
-    return exe, ""
-
-
-def _run(exe: Path, mode: str, payload: bytes, device) -> bytes:
-    with tempfile.TemporaryDirectory() as d:
-        fin, fout = Path(d) / "in.bin", Path(d) / "out.bin"
-        fin.write_bytes(payload)
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(torch.device(device).index or 0))
-        ran = subprocess.run([str(exe), mode, str(fin), str(fout)], capture_output=True, text=True, timeout=120, env=env)
-        if ran.returncode:
-            raise RuntimeError(f"probe program ({mode}) exited {ran.returncode}: {ran.stderr.strip()[:200]}")
-        return fout.read_bytes()
-
-
-def _bits16(t: torch.Tensor) -> bytes:
-    return t.contiguous().view(torch.int16).numpy().tobytes()
 
 
 def scale_probe(exe: Path, device) -> dict:

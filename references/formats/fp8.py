@@ -14,6 +14,7 @@ import torch
 from references.formats._checks import check_block, check_finite
 from references.formats.arith import div, rdiv
 from references.formats.e8m0 import E4M3_MAX, ceil_log2
+from references.formats.fast_math_sm90 import sm90_fast_math_scale
 
 
 class Fp8Scale(enum.Enum):
@@ -46,11 +47,15 @@ class Fp8Rule:
       ``-use_fast_math`` division in TRT-LLM's kernel is ``448 * rcp.approx(amax)`` (``div.approx.f32``):
       the same bits where the GPU's reciprocal is correctly rounded, which ``moeacc probe --probe
       nvcc-fast-math-fp8-scale`` measures.
+    - ``sm90_fast_math``: ``448 / amax`` and the stored ``1 / scale`` as that probe measured them on sm90
+      (:mod:`references.formats.fast_math_sm90`: 4671 of 32512 bf16 amax give another scale than
+      ``448 * RN(1 / amax)``); for a twin of FlashInfer's kernel, not for a reference.
     """
 
     name: str
     amax_floor: float
     reciprocal: bool
+    sm90_fast_math: bool = False
 
 
 # DeepGEMM's tests: per_token_cast_to_fp8 (amax.clamp(1e-4), x / sf)
@@ -62,6 +67,8 @@ SGLANG = Fp8Rule("sglang", 1e-10, True)
 # TRT-LLM / FlashInfer scale_1x128_kernel: scale = amax != 0 ? 448 / amax : 1; q = x * scale; stores 1 / scale
 # (FlashInfer 0.6.12 and 0.7.2.post1 fp8_blockscale_gemm_kernel.cuh:871, :988-999)
 TRTLLM = Fp8Rule("trtllm", 0.0, True)
+# the same as FlashInfer's fused_moe_90 build computes it on sm90 (-use_fast_math: div.approx, rcp.approx)
+TRTLLM_SM90_FAST_MATH = Fp8Rule("trtllm-sm90-fast-math", 0.0, True, sm90_fast_math=True)
 
 
 def _fp8_scale(amax: torch.Tensor, scale_fmt: Fp8Scale | str, rule: Fp8Rule = DEEPGEMM_TEST) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +84,12 @@ def _fp8_scale(amax: torch.Tensor, scale_fmt: Fp8Scale | str, rule: Fp8Rule = DE
         return torch.reciprocal(s), s   # a power of two: exact either way
     if rule.reciprocal:
         inv = rdiv(E4M3_MAX, a)
-        return inv, torch.reciprocal(inv)
+        stored = torch.reciprocal(inv)
+        if rule.sm90_fast_math:
+            applies, fm_inv, fm_stored = sm90_fast_math_scale(a)
+            applies &= ~zero   # amax 0: the kernel's scale is exactly 1
+            inv, stored = torch.where(applies, fm_inv, inv), torch.where(applies, fm_stored, stored)
+        return inv, stored
     return None, s
 
 
