@@ -173,3 +173,22 @@ def test_a_code_off_rn_is_shown(data):
     st = fm.compare(a, x, s, v, q)
     assert st["codes_off_rn"] == 1 and st["codes_off_rn_examples"][0]["x"] == float(x[i])
     assert "1 off, e.g. amax" in fm.verdict(st, "sm_90").message
+
+
+@pytest.mark.parametrize("name", list(fm.SWIGLU))
+def test_flushed_tiny_outputs_are_counted_apart(name):
+    """What -use_fast_math flushes (outputs from fp32-subnormal inputs, and below about 1e-35) is counted, not failed;
+    a 2-ULP difference on an output above the floor still fails."""
+    params = fm.SWIGLU[name]
+    g, u = fm.swiglu_inputs()
+    twin = fm.twin_swiglu(g, u, params)
+    flushed = twin.clone()
+    tiny = (twin.float().abs() < fm.FLUSH_FLOOR) & (twin.float() != 0)
+    flushed[tiny] = 0.0
+    st = fm.swiglu_compare(g, u, flushed, params)
+    assert st["differ_below_floor"] == int(tiny.sum()) > 100 and st["max_ulp"] > 100 and st["max_ulp_above_floor"] == 0
+    assert fm.swiglu_verdict(st, name, "x").status == "pass"
+    i = int(((twin.float().abs() > 1) & torch.isfinite(twin.float())).nonzero()[0])
+    flushed.view(torch.int16)[i] += 2
+    st = fm.swiglu_compare(g, u, flushed, params)
+    assert st["max_ulp_above_floor"] == 2 and fm.swiglu_verdict(st, name, "x").status == "fail"
