@@ -119,9 +119,18 @@ class Case:
         return THRESHOLDS["w4a4" if four_bit else "w8a8"]
 
     def short(self) -> str:
+        """The shape, format and activation, then whatever shapes the data away from its defaults (a fuzz row
+        records no more than this, so a scale that matters is named)."""
         aq = f"/{self.act_quant.value}" if self.act_quant else ""
+        extra = [f"{k}={v:g}" for k, v in (("input_scale", self.input_scale), ("weight_scale", self.weight_scale),
+                                           ("outliers", self.outliers), ("skew", self.skew),
+                                           ("zero_blocks", self.zero_blocks)) if v != getattr(Case, k)]
+        if self.fp8_scale is not Fp8Scale.FP32 and self.weight_format.name.startswith("fp8"):
+            extra.append(f"fp8_scale={self.fp8_scale.value}")
+        if self.routing is not Routing.SOFTMAX:
+            extra.append(f"routing={self.routing.value}")
         return (f"T={self.tokens} H={self.hidden} I={self.intermediate} E={self.experts} k={self.topk} "
-                f"{self.weight_format.name}{aq} act={self.activation}")
+                f"{self.weight_format.name}{aq} act={self.activation}" + "".join(" " + e for e in extra))
 
 
 # ---- one validator per field: value -> parsed value, ValueError(message) when bad ----------------
