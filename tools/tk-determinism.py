@@ -11,8 +11,8 @@ Prints the opt flags matmul_ogs chose for fc1 and fc2 (the source read says: not
 nothing timed or device-size dependent on this path), then one line per stage:
 ``stage: D of N runs differ (max |diff| X)``. The harness's own shared-expert GEMMs (``dense_mlp``,
 computed once per case data by the runner since this tool was written) are a stage of their own.
-``--poison-scale-tail`` also runs fc1 with its weight scales copied into a buffer followed by 0xFF bytes (E8M0
-NaN): the Hopper scale load is unmasked (``_matmul_ogs.py:349-351``) and the scale layout pads K only to
+``--poison-scale-tail`` also runs fc1 with its weight scales copied into a buffer followed by 0x00, 0x7F or 0xFF
+bytes (0xFF: E8M0 NaN): the Hopper scale load is unmasked (``_matmul_ogs.py:349-351``) and the scale layout pads K only to
 2 groups (``hopper_scale.py:30-34``), so at K/32 = 2 mod 4 (K = 1472) the last K tile reads past each
 swizzled row and, for the last rows, past the tensor; a NaN that appears only with the poisoned tail says
 the kernel reads memory outside the scale tensor (harmless while those bytes are not 0xFF, a NaN when they are).
@@ -73,14 +73,14 @@ def stages(backend: TritonKernelsMxfp4, data, p):
             "shared expert (the harness's torch GEMMs)": shared, "whole forward": lambda: (backend.run(p, data),)}
 
 
-def poisoned_tail(scale, pad: int = 1 << 16):
-    """The scale tensor's storage copied (same strides) into a buffer of 0xFF bytes that runs ``pad`` bytes
+def poisoned_tail(scale, fill: int = 0xFF, pad: int = 1 << 16):
+    """The scale tensor's storage copied (same strides) into a buffer of ``fill`` bytes that runs ``pad`` bytes
     past its end; returns the original torch tensor so the caller can put it back."""
     t = scale.storage.data
     span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
     if t.storage_offset() != 0 or span != t.numel():
         raise SystemExit(f"tk-determinism: scale storage is not a permutation of a dense buffer: {t.shape} {t.stride()}")
-    big = torch.full((span + pad,), 0xFF, dtype=torch.uint8, device=t.device).view(t.dtype)
+    big = torch.full((span + pad,), fill, dtype=torch.uint8, device=t.device).view(t.dtype)
     view = torch.as_strided(big, t.shape, t.stride(), 0)
     view.copy_(t)
     scale.storage.data = view
@@ -88,6 +88,9 @@ def poisoned_tail(scale, pad: int = 1 << 16):
 
 
 def poison_experiment(backend, data, p) -> None:
+    """fc1 with its scales moved into a larger buffer whose tail is 0x00, 0x7F (E8M0 1.0) or 0xFF (E8M0 NaN):
+    a change with every fill says the move itself (address, launch) matters; a change that depends on the
+    fill says the kernel reads the bytes past the tensor (Findings 10)."""
     fc1 = stages(backend, data, p)["fc1 (fixed metadata)"]
 
     def run():
@@ -95,15 +98,18 @@ def poison_experiment(backend, data, p) -> None:
         torch.cuda.synchronize()
         return out
     clean = run()
-    original = poisoned_tail(p.pc1.weight_scale)
-    try:
-        dirty = run()
-    finally:
-        p.pc1.weight_scale.storage.data = original
-    nan_clean, nan_dirty = int(clean.isnan().sum()), int(dirty.isnan().sum())
-    rows = dirty.isnan().any(-1).nonzero().flatten().tolist()
-    print(f"  fc1 with 0xFF after the scale tensor: {nan_dirty} NaN (clean: {nan_clean}); bit-equal: "
-          f"{_differs(clean, dirty) is None}; rows with NaN: {rows[:8]}{'...' if len(rows) > 8 else ''} of {dirty.shape[0]}")
+    for fill in (0x00, 0x7F, 0xFF):
+        original = poisoned_tail(p.pc1.weight_scale, fill)
+        try:
+            dirty = run()
+        finally:
+            p.pc1.weight_scale.storage.data = original
+        nan_clean, nan_dirty = int(clean.isnan().sum()), int(dirty.isnan().sum())
+        rows = dirty.isnan().any(-1).nonzero().flatten().tolist()
+        diff = _differs(clean, dirty)
+        print(f"  fc1 with 0x{fill:02X} after the scale tensor: {nan_dirty} NaN (clean: {nan_clean}); bit-equal: "
+              f"{diff is None}{'' if diff is None else f' ({diff})'}; rows with NaN: {rows[:8]}"
+              f"{'...' if len(rows) > 8 else ''} of {dirty.shape[0]}")
 
 
 def record_opt_flags(seen: list):
