@@ -14,6 +14,7 @@ enqueued without waiting on the device and without index kernels.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -36,21 +37,19 @@ class Batch:
 
     def __init__(self, experts: torch.Tensor, rows_per_expert: int, pad_slot: int,
                  rows_of: Callable[[], tuple[torch.Tensor, torch.Tensor]]):
-        self.experts, self.rows_per_expert, self.pad_slot = experts, rows_per_expert, pad_slot
-        self._rows_of, self._rows = rows_of, None
+        self.experts, self.rows_per_expert, self.pad_slot, self._rows_of = experts, rows_per_expert, pad_slot, rows_of
 
+    @functools.cached_property
     def _tokens_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._rows is None:
-            self._rows, self._rows_of = self._rows_of(), None
-        return self._rows
+        return self._rows_of()
 
     @property
     def tokens(self) -> torch.Tensor:
-        return self._tokens_slots()[0]
+        return self._tokens_slots[0]
 
     @property
     def slots(self) -> torch.Tensor:
-        return self._tokens_slots()[1]
+        return self._tokens_slots[1]
 
     @property
     def rows(self) -> torch.Tensor:

@@ -60,6 +60,9 @@ def _table(bits: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor([b - (1 << 32) if b >= 1 << 31 else b for b in bits], dtype=torch.int32).view(torch.float32)
 
 
+_SCALE, _INV = _table(_SCALE_BITS), _table(_INV_BITS)
+
+
 def sm90_fast_math_scale(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(applies, scale, stored)``: where ``applies`` (a bf16-exact fp32 ``amax`` in [2^-100, 2^100]), the
     kernel's ``448.f / amax`` and ``1.f / scale`` on sm90 under ``-use_fast_math``; elsewhere unspecified."""
@@ -68,6 +71,6 @@ def sm90_fast_math_scale(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     bits = torch.where(applies, a, torch.ones_like(a)).view(torch.int32)
     mant = ((bits >> 16) & 0x7F).long()
     exp = ((bits >> 23) & 0xFF) - 127
-    scale = torch.ldexp(_table(_SCALE_BITS).to(a.device)[mant], -exp.to(torch.float32))
-    stored = torch.ldexp(_table(_INV_BITS).to(a.device)[mant], exp.to(torch.float32))
+    scale = torch.ldexp(_SCALE.to(a.device)[mant], -exp.to(torch.float32))
+    stored = torch.ldexp(_INV.to(a.device)[mant], exp.to(torch.float32))
     return applies, scale, stored
